@@ -50,6 +50,15 @@ def git_commit() -> str | None:
     return f"{commit}+dirty" if dirty else commit
 
 
+def command_line() -> str | None:
+    """The ``distilrubert ...`` command line of this process, or ``None`` when called from Python."""
+    if not sys.argv or Path(sys.argv[0]).name not in ("distilrubert", "__main__.py"):
+        return None
+    import shlex
+
+    return "distilrubert " + shlex.join(sys.argv[1:])
+
+
 def run_info(command: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A record of a run: command, resolved config, versions, git commit, host and time."""
     return {

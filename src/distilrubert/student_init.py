@@ -44,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 
 from distilrubert.config import option, to_dict
-from distilrubert.runinfo import atomic_output_dir, check_output_dir, run_info, write_json
+from distilrubert.runinfo import atomic_output_dir, check_output_dir, command_line, run_info, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -458,8 +458,8 @@ A DistilBERT student created by `distilrubert init-student` (not yet distilled: 
 
 ```python
 from transformers import AutoModel, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained("PATH")
-model = AutoModel.from_pretrained("PATH")
+tokenizer = AutoTokenizer.from_pretrained("{info['name']}")
+model = AutoModel.from_pretrained("{info['name']}")
 embeddings = model(**tokenizer("Привет, мир", return_tensors="pt")).last_hidden_state
 ```
 
@@ -473,9 +473,6 @@ def init_student(config: InitStudentConfig) -> dict[str, Any]:
     Returns:
         The initialisation report (also written to ``init_report.json``).
     """
-    import shlex
-    import sys
-
     import torch
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
@@ -510,8 +507,7 @@ def init_student(config: InitStudentConfig) -> dict[str, Any]:
     n_params = sum(p.numel() for p in student.parameters())
     info = {
         "name": output.name,
-        "command": "distilrubert " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == [
-            "init-student"] else f"init_student({to_dict(config)})",
+        "command": command_line() or f"init_student({to_dict(config)})",
         "architecture": {k: getattr(student_config, k) for k in (
             "n_layers", "dim", "hidden_dim", "n_heads", "max_position_embeddings", "vocab_size")},
         "parameters": n_params,

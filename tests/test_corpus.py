@@ -1,0 +1,99 @@
+"""Corpus reader: formats, gzip, directories, NFC, empty documents, errors naming file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import unicodedata
+
+import pytest
+
+from distilrubert.corpus import Corpus, CorpusError, iter_documents, split_heldout
+
+from .conftest import SHARED_DATA
+
+
+def test_txt_jsonl_csv_gz_and_directories(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.txt").write_text("первая строка\n\n  вторая  \n", encoding="utf-8")
+    with gzip.open(tmp_path / "d" / "sub" / "b.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "из gzip", "category": "x"}, ensure_ascii=False) + "\n")
+    (tmp_path / "d" / "c.csv").write_text('sentence,count\n"Привет, мир",3\n"многострочный\nтекст",1\n',
+                                          encoding="utf-8")
+    (tmp_path / "d" / "ignored.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "d" / ".hidden.txt").write_text("скрытый\n", encoding="utf-8")
+    corpus = Corpus([tmp_path / "d"])
+    assert [p.name for p in corpus.files()] == ["a.txt", "c.csv", "b.jsonl.gz"]
+    docs = list(corpus)
+    assert docs == ["первая строка", "вторая", "Привет, мир", "многострочный\nтекст", "из gzip"]
+    assert list(corpus) == docs  # re-iterable
+    assert "documents read" in corpus.report()
+
+
+def test_nfc_and_text_field(tmp_path):
+    nfd = unicodedata.normalize("NFD", "йогурт ёжик")
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"body": nfd}) + "\n" + json.dumps({"body": ""}) + "\n", encoding="utf-8")
+    assert list(iter_documents([path], text_field="body")) == ["йогурт ёжик"]
+    assert list(Corpus([path], text_field="text,body")) == ["йогурт ёжик"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.jsonl", b'{"text": "ok"}\n{"text": \n', "bad.jsonl:2: invalid JSON"),
+        ("bad.jsonl", b'{"text": "ok"}\n\n{"title": "x"}\n', "bad.jsonl:3: no field 'text'"),
+        ("bad.jsonl", b'{"text": "ok"}\n[1, 2]\n', "bad.jsonl:2: expected a JSON object"),
+        ("bad.txt", "строка\n".encode() + b"\xff\xfe bad\n", "bad.txt:2: invalid UTF-8"),
+        ("bad.csv", b"text,label\nok,1\n\xff,2\n", "bad.csv:3: invalid UTF-8"),
+    ],
+)
+def test_bad_lines_name_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CorpusError, match=message):
+        list(Corpus([path]))
+    corpus = Corpus([path], on_error="skip")
+    assert list(corpus) == ["ok"] if name != "bad.txt" else list(corpus) == ["строка"]
+    assert sum(corpus.skipped.values()) == 1
+    assert "1 malformed line(s) skipped" in corpus.report()
+
+
+def test_missing_paths_and_columns(tmp_path):
+    with pytest.raises(CorpusError, match=r"nope\.txt does not exist"):
+        list(Corpus([tmp_path / "nope.txt"]))
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"x.csv:1: no column 'text'"):
+        list(Corpus([tmp_path / "x.csv"]))
+    (tmp_path / "x.parquet").write_text("", encoding="utf-8")
+    with pytest.raises(CorpusError, match="unknown file type"):
+        Corpus([tmp_path / "x.parquet"]).files()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="holds no"):
+        Corpus([tmp_path / "empty"]).files()
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+    path = tmp_path / "t.txt.gz"
+    data = gzip.compress(("строка\n" * 1000).encode())
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorpusError, match=r"t\.txt\.gz: cannot read"):
+        list(Corpus([path]))
+
+
+def test_heldout_split_is_stable_and_sized():
+    texts = [f"документ {i}" for i in range(5000)]
+    held = [t for t in texts if split_heldout(t, 0.1)]
+    assert 350 < len(held) < 650
+    assert held == [t for t in texts if split_heldout(t, 0.1)]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "corpus").is_dir(), reason="../shared/data not present")
+def test_shared_corpora_read_as_they_are():
+    corpus = Corpus(sorted((SHARED_DATA / "corpus").iterdir()))
+    counts: dict[str, int] = {}
+    for path in corpus.files():
+        counts[path.name] = sum(1 for _ in Corpus([path]))
+    assert counts["fortunes_ru.jsonl"] > 20_000 - 100
+    assert counts["docs_ru.jsonl"] > 16_000
+    assert counts["subtitles_ru_top_sentences.csv"] >= 9_900
