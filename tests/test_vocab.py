@@ -136,3 +136,13 @@ def test_real_corpus_5k(tmp_path):
     ids = tok(PHRASE)["input_ids"]
     assert tok.unk_token_id not in ids
     assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == PHRASE.replace(" ", "")
+
+
+def test_default_corpus_is_the_embedded_sample(tmp_path):
+    from distilrubert.corpus import sample_corpus
+
+    out = tmp_path / "v"
+    report = build_vocab(BuildVocabConfig(output=str(out), vocab_size=400, max_docs=3000))
+    assert report["corpus"] == [str(sample_corpus())]
+    assert report["train_documents"] > 2000
+    assert len(_vocab_lines(out)) == 400

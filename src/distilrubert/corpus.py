@@ -33,7 +33,8 @@ from typing import Literal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TEXT_FIELDS", "SUFFIXES", "Corpus", "CorpusError", "iter_documents", "split_heldout"]
+__all__ = ["DEFAULT_TEXT_FIELDS", "SUFFIXES", "Corpus", "CorpusError", "iter_documents", "sample_corpus",
+           "split_heldout"]
 
 DEFAULT_TEXT_FIELDS = ("text", "sentence")
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
@@ -63,6 +64,23 @@ def _parse_fields(text_field: str | Iterable[str] | None) -> tuple[str, ...]:
     if isinstance(text_field, str):
         return tuple(f.strip() for f in text_field.split(",") if f.strip())
     return tuple(text_field)
+
+
+def sample_corpus(split: Literal["train", "heldout"] = "train") -> Path:
+    """The embedded sample corpus of the source checkout (``data/sample_corpus.jsonl.gz``).
+
+    Built from the three offline Russian corpora by ``scripts/build_sample_corpus.py`` (sources and
+    licenses in ``data/README.md``); used when a command is given no ``--corpus``.
+
+    Raises:
+        FileNotFoundError: the package is not run from a source checkout that holds ``data/``.
+    """
+    name = "sample_corpus.jsonl.gz" if split == "train" else "sample_heldout.jsonl.gz"
+    path = Path(__file__).resolve().parents[2] / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"the embedded sample corpus {path} is missing (it ships with the source "
+                                "checkout, not with a wheel): pass --corpus PATH")
+    return path
 
 
 def split_heldout(text: str, fraction: float) -> bool:

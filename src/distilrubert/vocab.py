@@ -34,7 +34,7 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from distilrubert.config import option, to_dict
-from distilrubert.corpus import Corpus, split_heldout
+from distilrubert.corpus import Corpus, sample_corpus, split_heldout
 from distilrubert.runinfo import atomic_output_dir, check_output_dir, run_info, write_json
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ MAX_LENGTH = 512
 class BuildVocabConfig:
     """Options of ``distilrubert build-vocab``."""
 
-    corpus: list[str] = option(help="Corpus files or directories (.txt/.jsonl/.csv, optionally .gz).",
-                               metavar="PATH")
+    corpus: list[str] = option([], "Corpus files or directories (.txt/.jsonl/.csv, optionally .gz); "
+                               "default: the embedded sample corpus (data/sample_corpus.jsonl.gz).", metavar="PATH")
     output: str = option(help="Output directory for the tokenizer and its report.", metavar="DIR")
     vocab_size: int = option(5000, "Exact number of tokens, special tokens included.")
     sizes: list[int] = option([], "Also train these sizes and compare them in the report (e.g. 2000,5000,10000).")
@@ -69,8 +69,6 @@ class BuildVocabConfig:
     overwrite: bool = option(False, "Replace an existing non-empty output directory.")
 
     def __post_init__(self) -> None:
-        if not self.corpus:
-            raise ValueError("--corpus: give at least one file or directory")
         if self.vocab_size < len(SPECIAL_TOKENS) + 2:
             raise ValueError(f"--vocab-size must be larger than {len(SPECIAL_TOKENS) + 1}, got {self.vocab_size}")
         for size in self.sizes:
@@ -308,6 +306,9 @@ def build_vocab(config: BuildVocabConfig) -> dict[str, Any]:
         The report (also written to ``vocab_report.json``).
     """
     output = check_output_dir(config.output, config.overwrite)
+    if not config.corpus:
+        config.corpus = [str(sample_corpus())]
+        logger.info("no --corpus given: using the embedded sample corpus %s", config.corpus[0])
     corpus = Corpus(config.corpus, text_field=config.text_field, on_error=config.on_error)
     corpus.files()  # fail fast on a missing path
 
