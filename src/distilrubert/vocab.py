@@ -51,9 +51,9 @@ MAX_LENGTH = 512
 class BuildVocabConfig:
     """Options of ``distilrubert build-vocab``."""
 
+    output: str = option(help="Output directory for the tokenizer and its report.", metavar="DIR")
     corpus: list[str] = option([], "Corpus files or directories (.txt/.jsonl/.csv, optionally .gz); "
                                "default: the embedded sample corpus (data/sample_corpus.jsonl.gz).", metavar="PATH")
-    output: str = option(help="Output directory for the tokenizer and its report.", metavar="DIR")
     vocab_size: int = option(5000, "Exact number of tokens, special tokens included.")
     sizes: list[int] = option([], "Also train these sizes and compare them in the report (e.g. 2000,5000,10000).")
     text_field: str | None = option(None, "JSON field / CSV column holding the text; comma-separated "
