@@ -5,7 +5,9 @@ pair), ``AutoModelForTokenClassification`` (NER) and ``AutoModelForQuestionAnswe
 plain PyTorch loop: AdamW, linear warm-up/decay, evaluation after every epoch, early stopping on the
 task metric (sentiment weighted F1, paraphrase F1, NER entity F1, QA F1) and the best epoch's weights
 kept. The output directory loads with the matching ``AutoModelFor...`` class and transformers
-``pipeline`` ("text-classification", "token-classification", "question-answering").
+``pipeline`` ("text-classification", "token-classification"); transformers 5 removed the
+"question-answering" pipeline, so QA directories answer through :func:`answer_questions` (the same
+windowing and span search as the evaluation).
 
 Task mechanics:
     * NER: labels aligned to word pieces, the first piece of each word labelled and the others ignored
@@ -49,8 +51,11 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "qa": {"epochs": 3, "lr": 1e-4, "max_length": 384, "batch_size": 16},
 }
 METRIC = {"sentiment": "weighted_f1", "paraphrase": "f1", "ner": "f1", "qa": "f1"}
+# transformers 5 removed the "question-answering" pipeline: QA models answer through `answer_questions`.
 PIPELINE = {"sentiment": "text-classification", "paraphrase": "text-classification",
-            "ner": "token-classification", "qa": "question-answering"}
+            "ner": "token-classification", "qa": None}
+CLASS_NAME = {"sentiment": "SequenceClassification", "paraphrase": "SequenceClassification",
+              "ner": "TokenClassification", "qa": "QuestionAnswering"}
 FORMATS = ("auto", "csv", "jsonl", "paraphraser", "conll", "factru", "squad")
 MAX_LENGTH_LIMIT = 4096
 
@@ -88,6 +93,7 @@ class FinetuneConfig:
     n_best: int = option(20, "QA: start/end candidates searched per window.")
     max_train_examples: int | None = option(None, "Use only the first N training examples (quick runs).")
     device: str = option("auto", "Device: auto (CUDA when available), cpu, cuda, cuda:N.")
+    threads: int = option(0, "CPU threads for torch (0: torch's default).")
     trust_remote_code: bool = option(False, "Allow custom model code in --model (off: safe default).")
     overwrite: bool = option(False, "Replace an existing non-empty output directory.")
 
@@ -108,6 +114,8 @@ class FinetuneConfig:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.threads < 0:
+            raise ValueError(f"--threads must be >= 0, got {self.threads}")
         if self.patience < 1:
             raise ValueError(f"--patience must be >= 1, got {self.patience}")
         if self.doc_stride < 1 or self.max_answer_length < 1 or self.n_best < 1:
@@ -278,6 +286,33 @@ def best_spans(examples: list[readers.QAExample], meta: list[dict], start_logits
     return {examples[i].id: best.get(i, (0.0, ""))[1] for i in range(len(examples))}
 
 
+def answer_questions(model_dir: str | Path, questions: list[str], contexts: list[str], max_length: int = 384,
+                     doc_stride: int = 128, n_best: int = 20, max_answer_length: int = 30,
+                     batch_size: int = 16) -> list[str]:
+    """Answer questions with a fine-tuned extractive QA directory (windows + n-best span search).
+
+    Example:
+        >>> answer_questions("ft-qa", ["Где?"], ["Встреча прошла в Казани."])  # doctest: +SKIP
+        ['в Казани']
+    """
+    import torch
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
+
+    if len(questions) != len(contexts):
+        raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
+    max_length = min(max_length, position_limit(model))
+    doc_stride = min(doc_stride, max_length // 4)
+    examples = [readers.QAExample(str(i), q, c) for i, (q, c) in enumerate(zip(questions, contexts, strict=True))]
+    features, meta = qa_eval_features(tokenizer, examples, max_length, doc_stride)
+    features = _keep_inputs(features, _accepted_inputs(model))
+    outputs = _predict(model, features, DataCollatorWithPadding(tokenizer), batch_size, torch.device("cpu"))
+    spans = best_spans(examples, meta, [o["start"] for o in outputs], [o["end"] for o in outputs], n_best,
+                       max_answer_length)
+    return [spans[e.id] for e in examples]
+
+
 # ------------------------------------------------------------------------------------------------
 # the task adapters: features, labels and evaluation for each task
 # ------------------------------------------------------------------------------------------------
@@ -326,6 +361,7 @@ def _keep_inputs(features: list[dict], accepted: set[str]) -> list[dict]:
 def setup_task(config: FinetuneConfig, tokenizer, train: list, evaluation: list, device) -> TaskSetup:
     """Build the model and features for ``config.task``."""
     from transformers import (
+        AutoConfig,
         AutoModelForQuestionAnswering,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
@@ -335,6 +371,12 @@ def setup_task(config: FinetuneConfig, tokenizer, train: list, evaluation: list,
 
     common = {"trust_remote_code": config.trust_remote_code}
     batch = config.batch_size
+    limit = position_limit(AutoConfig.from_pretrained(config.model, **common))
+    if config.max_length > limit:
+        logger.warning("--max-length %d exceeds the model's %d positions: using %d", config.max_length, limit, limit)
+        config.max_length = limit
+        if config.task == "qa" and config.doc_stride >= limit // 2:
+            config.doc_stride = limit // 4
     if config.task in ("sentiment", "paraphrase"):
         labels = sorted({e.label for e in train} | {e.label for e in evaluation})
         label2id = {label: i for i, label in enumerate(labels)}
@@ -444,6 +486,12 @@ def _repair_iob2(tags: list[str]) -> list[str]:
     return fixed
 
 
+def position_limit(model_or_config) -> int:
+    """Longest input the position embeddings of a model (or model config) allow."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return int(getattr(config, "max_position_embeddings", None) or MAX_LENGTH_LIMIT)
+
+
 def _accepted_inputs(model) -> set[str]:
     """Input names the model's forward takes (DistilBERT has no token_type_ids)."""
     return set(inspect.signature(model.forward).parameters)
@@ -530,7 +578,7 @@ def model_card(config: FinetuneConfig, result: dict[str, Any], labels: list[str]
     lines = [
         f"# {Path(config.output).name}: {config.task} fine-tuned from {config.model}",
         "",
-        f"- task: **{config.task}** (transformers pipeline `{PIPELINE[config.task]}`)",
+        f"- task: **{config.task}** (`AutoModelFor{CLASS_NAME[config.task]}`)",
         f"- base model: `{config.model}`",
         f"- train: `{config.train}` ({result['train_examples']} examples)",
         f"- eval: `{config.eval or f'{config.eval_fraction:.0%} of train held out (seed {config.seed})'}` "
@@ -546,13 +594,19 @@ def model_card(config: FinetuneConfig, result: dict[str, Any], labels: list[str]
             base = result["baseline"].get(key)
             lines.append(f"| {key} | {value:.4f} | {base:.4f} |" if isinstance(base, float) else
                          f"| {key} | {value:.4f} | |")
-    usage = {"sentiment": 'clf("Отличный сервис!")', "paraphrase": 'clf({"text": "Привет", "text_pair": "Здравствуй"})',
-             "ner": 'clf("Владимир Путин посетил Казань.")',
-             "qa": 'clf(question="Где?", context="Встреча прошла в Казани.")'}[config.task]
-    extra = ', aggregation_strategy="first"' if config.task == "ner" else ""
-    lines += ["", "## Use", "", "```python", "from transformers import pipeline",
-              f'clf = pipeline("{PIPELINE[config.task]}", model="{Path(config.output).name}"{extra})',
-              usage, "```", "", "Made with `distilrubert finetune`; see run.json for the full configuration.", ""]
+    name = Path(config.output).name
+    if config.task == "qa":
+        code = ["from distilrubert.tasks.finetune import answer_questions",
+                f'answer_questions("{name}", ["Где прошла встреча?"], ["Встреча прошла в Казани."])']
+    else:
+        usage = {"sentiment": 'clf("Отличный сервис!")',
+                 "paraphrase": 'clf({"text": "Привет", "text_pair": "Здравствуй"})',
+                 "ner": 'clf("Владимир Путин посетил Казань.")'}[config.task]
+        extra = ', aggregation_strategy="first"' if config.task == "ner" else ""
+        code = ["from transformers import pipeline",
+                f'clf = pipeline("{PIPELINE[config.task]}", model="{name}"{extra})', usage]
+    lines += ["", "## Use", "", "```python", *code, "```", "",
+              "Made with `distilrubert finetune`; see run.json for the full configuration.", ""]
     return "\n".join(lines)
 
 
@@ -599,6 +653,10 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 
 def run(config: FinetuneConfig) -> int:
     """CLI entry point of ``distilrubert finetune``."""
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     result = finetune(config)
     metric = result["metric"]
     print(f"{config.task}: eval {metric} {result['eval'][metric]:.4f} "

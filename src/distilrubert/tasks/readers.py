@@ -210,7 +210,8 @@ def _read_paraphraser_xml(path: Path) -> list[tuple[int, dict[str, str]]]:
     """``<paraphrase><value name=...>`` records with the line each record starts on (expat, no entities)."""
     records: list[tuple[int, dict[str, str]]] = []
     state: dict = {"record": None, "name": None, "chars": []}
-    parser = xml.parsers.expat.ParserCreate()
+    # ParaPhraser declares encoding="UTF8", a name expat does not know: the files are UTF-8, say so.
+    parser = xml.parsers.expat.ParserCreate(encoding="utf-8")
 
     def start(tag: str, attrs: dict[str, str]) -> None:
         if tag == "paraphrase":
@@ -380,14 +381,19 @@ def factru_to_iob2(text: str, spans: Sequence[Sequence], project: Literal["drop"
     for i in range(len(words)):
         current.append(i)
         nxt = i + 1
-        if nxt == len(words) or tags[nxt].startswith("I-"):
+        if nxt == len(words):
             continue
-        gap = text[words[i][2]:words[nxt][1]]
-        following = words[nxt][0]
-        sentence_end = words[i][0] in _SENTENCE_END and gap != "" and gap.strip() == ""
-        starts_sentence = following[0].isupper() or following[0].isdigit() or following[0] in "«\"-—"
-        boundary = "\n" in gap or (sentence_end and starts_sentence)
-        if boundary or len(current) >= max_words:
+        if len(current) >= max_words:
+            boundary = True
+        elif tags[nxt].startswith("I-"):
+            continue
+        else:
+            gap = text[words[i][2]:words[nxt][1]]
+            following = words[nxt][0]
+            sentence_end = words[i][0] in _SENTENCE_END and gap != "" and gap.strip() == ""
+            starts_sentence = following[0].isupper() or following[0].isdigit() or following[0] in "«\"-—"
+            boundary = "\n" in gap or (sentence_end and starts_sentence)
+        if boundary:
             sentences.append(TokenExample([words[k][0] for k in current], [tags[k] for k in current]))
             current = []
     if current:
