@@ -86,9 +86,9 @@ class EvaluateConfig:
         for name in ("model", "teacher"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_dir():
-                raise FileNotFoundError(f"--{name} {value}: no such directory")
+                raise ValueError(f"--{name} {value}: no such directory")
         if not Path(self.data_dir).is_dir():
-            raise FileNotFoundError(f"--data-dir {self.data_dir}: no such directory")
+            raise ValueError(f"--data-dir {self.data_dir}: no such directory")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         for name in ("max_length", "word_max_length"):

@@ -101,7 +101,7 @@ class FinetuneConfig:
         if self.format not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if not Path(self.model).is_dir():
-            raise FileNotFoundError(f"--model {self.model}: no such directory")
+            raise ValueError(f"--model {self.model}: no such directory")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
         for name in ("epochs", "batch_size", "max_length", "max_train_examples"):
