@@ -240,3 +240,15 @@ def test_finetune_config_validation(tiny_student_dir, tmp_path):
         FinetuneConfig(task="qa", model=str(tiny_student_dir), train="x", output="y", max_length=64, doc_stride=40)
     config = FinetuneConfig(task="ner", model=str(tiny_student_dir), train="x", output="y")
     assert (config.epochs, config.max_length) == (5, 256)  # per-task defaults filled in
+
+
+def test_format_detection_for_paraphrase_csv(tmp_path):
+    from distilrubert.tasks.finetune import _format_of
+
+    generic = tmp_path / "pairs.csv"
+    generic.write_text("text,text_pair,label\nа,б,1\n", encoding="utf-8")
+    assert _format_of("paraphrase", DATA / "para_gold.csv", "auto") == "paraphraser"
+    assert _format_of("paraphrase", generic, "auto") == "csv"
+    assert _format_of("ner", DATA / "factru.json", "auto") == "factru"
+    assert _format_of("ner", DATA / "collection3.conll", "auto") == "conll"
+    assert _format_of("sentiment", DATA / "rusentiment.csv", "auto") == "csv"

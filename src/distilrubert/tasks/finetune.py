@@ -144,7 +144,11 @@ def _format_of(task: str, path: Path, fmt: str) -> str:
     if suffix in (".jsonl", ".json"):
         return "jsonl"
     if task == "paraphrase" and suffix == ".csv":
-        return "paraphraser"  # text_1,text_2,class (para_gold.csv); generic pair CSVs use --format csv
+        # para_gold.csv (text_1,text_2,class with -1/0/1) vs a generic text,text_pair,label CSV.
+        with path.open(encoding="utf-8") as handle:
+            header = handle.readline().strip().split(",")
+        if {"text_1", "text_2", "class"} <= set(header):
+            return "paraphraser"
     return "csv"
 
 
