@@ -299,7 +299,6 @@ def answer_questions(model_dir: str | Path, questions: list[str], contexts: list
         >>> answer_questions("ft-qa", ["Где?"], ["Встреча прошла в Казани."])  # doctest: +SKIP
         ['в Казани']
     """
-    import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
 
     if len(questions) != len(contexts):
@@ -311,7 +310,8 @@ def answer_questions(model_dir: str | Path, questions: list[str], contexts: list
     examples = [readers.QAExample(str(i), q, c) for i, (q, c) in enumerate(zip(questions, contexts, strict=True))]
     features, meta = qa_eval_features(tokenizer, examples, max_length, doc_stride)
     features = _keep_inputs(features, _accepted_inputs(model))
-    outputs = _predict(model, features, DataCollatorWithPadding(tokenizer), batch_size, torch.device("cpu"))
+    device = select_device("auto")
+    outputs = _predict(model.to(device), features, DataCollatorWithPadding(tokenizer), batch_size, device)
     spans = best_spans(examples, meta, [o["start"] for o in outputs], [o["end"] for o in outputs], n_best,
                        max_answer_length)
     return [spans[e.id] for e in examples]
