@@ -252,3 +252,13 @@ def test_format_detection_for_paraphrase_csv(tmp_path):
     assert _format_of("ner", DATA / "factru.json", "auto") == "factru"
     assert _format_of("ner", DATA / "collection3.conll", "auto") == "conll"
     assert _format_of("sentiment", DATA / "rusentiment.csv", "auto") == "csv"
+
+
+def test_metric_option_validated_per_task(tiny_student_dir):
+    from distilrubert.tasks.finetune import FinetuneConfig
+
+    config = FinetuneConfig(task="paraphrase", model=str(tiny_student_dir), train="x", output="y", metric="accuracy")
+    assert config.metric == "accuracy"
+    assert FinetuneConfig(task="sentiment", model=str(tiny_student_dir), train="x", output="y").metric == "weighted_f1"
+    with pytest.raises(ValueError, match="--metric"):
+        FinetuneConfig(task="ner", model=str(tiny_student_dir), train="x", output="y", metric="accuracy")

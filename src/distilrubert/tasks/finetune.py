@@ -51,6 +51,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "qa": {"epochs": 3, "lr": 1e-4, "max_length": 384, "batch_size": 16},
 }
 METRIC = {"sentiment": "weighted_f1", "paraphrase": "f1", "ner": "f1", "qa": "f1"}
+METRICS = {"sentiment": ("weighted_f1", "accuracy", "macro_f1"),
+           "paraphrase": ("f1", "accuracy", "weighted_f1", "macro_f1"),
+           "ner": ("f1", "precision", "recall"), "qa": ("f1", "exact_match")}
 # transformers 5 removed the "question-answering" pipeline: QA models answer through `answer_questions`.
 PIPELINE = {"sentiment": "text-classification", "paraphrase": "text-classification",
             "ner": "token-classification", "qa": None}
@@ -83,6 +86,8 @@ class FinetuneConfig:
     warmup_ratio: float = option(0.1, "Share of steps with linear learning-rate warm-up.")
     weight_decay: float = option(0.01, "AdamW weight decay.")
     patience: int = option(2, "Stop after this many evaluations without improvement of the task metric.")
+    metric: str | None = option(None, "Eval metric for early stopping and the kept epoch (default per task: "
+                                "sentiment weighted_f1, paraphrase f1, ner f1, qa f1).")
     seed: int = option(42, "Random seed (shuffling, head initialisation, the train/eval split).")
     paraphrase_labels: Literal["binary", "three"] = option(
         "binary", "Paraphrase labels: binary (class 0/1 = paraphrase vs -1, the paper's F1) or three classes.")
@@ -120,6 +125,10 @@ class FinetuneConfig:
             raise ValueError(f"--patience must be >= 1, got {self.patience}")
         if self.doc_stride < 1 or self.max_answer_length < 1 or self.n_best < 1:
             raise ValueError("--doc-stride, --max-answer-length and --n-best must be >= 1")
+        if self.metric is None:
+            self.metric = METRIC[self.task]
+        elif self.metric not in METRICS[self.task]:
+            raise ValueError(f"--metric for --task {self.task} must be one of {', '.join(METRICS[self.task])}")
         for key, value in TASK_DEFAULTS[self.task].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -535,7 +544,7 @@ def train_loop(config: FinetuneConfig, setup: TaskSetup, device) -> dict[str, An
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(steps * config.warmup_ratio), steps)
     # bf16 autocast on GPUs that support it; CPU runs in fp32.
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    metric = METRIC[config.task]
+    metric = config.metric
     history: list[dict[str, Any]] = []
     best_score, best_epoch, best_state, waited = -math.inf, 0, None, 0
     model.train()
