@@ -129,3 +129,17 @@ def _student_vocab_dir(tmp_path_factory, tiny_corpus) -> Path:
 def student_vocab_dir(_student_vocab_dir, tmp_path) -> Path:
     """A fresh copy of the tiny student vocabulary directory (300 tokens) for one test."""
     return Path(shutil.copytree(_student_vocab_dir, tmp_path / "vocab"))
+
+
+@pytest.fixture(scope="session")
+def tiny_student_dir(tmp_path_factory, _teacher_dir, _student_vocab_dir) -> Path:
+    """A tiny DistilBERT student (2 x 16, 300-token vocab, 128 positions) initialised from the tiny teacher.
+
+    Session-scoped and read-only: tests that write into a model directory must copy it first.
+    """
+    from distilrubert.student_init import InitStudentConfig, init_student
+
+    out = tmp_path_factory.mktemp("student") / "tiny-student"
+    init_student(InitStudentConfig(teacher=str(_teacher_dir), vocab=str(_student_vocab_dir), output=str(out),
+                                   dim=16, heads=2, ffn=40, layers=2, max_position_embeddings=128))
+    return out

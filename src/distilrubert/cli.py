@@ -35,6 +35,12 @@ COMMANDS: tuple[Command, ...] = (
             "distilrubert.vocab:BuildVocabConfig", "distilrubert.vocab:run"),
     Command("init-student", "Create a DistilBERT student for a vocabulary, initialised from a BERT teacher.",
             "distilrubert.student_init:InitStudentConfig", "distilrubert.student_init:run"),
+    Command("finetune", "Fine-tune a model on sentiment, paraphrase, NER or QA (the paper's tasks).",
+            "distilrubert.tasks.finetune:FinetuneConfig", "distilrubert.tasks.finetune:run"),
+    Command("convert-ner", "Convert factRuEval character-span NER (factru.json) to CoNLL IOB2 train/eval files.",
+            "distilrubert.tasks.convert:ConvertNerConfig", "distilrubert.tasks.convert:run"),
+    Command("evaluate", "Probe evaluation of an encoder on the encodechka tasks (optionally vs its teacher).",
+            "distilrubert.evaluate:EvaluateConfig", "distilrubert.evaluate:run"),
 )
 
 
