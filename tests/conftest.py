@@ -129,3 +129,35 @@ def _student_vocab_dir(tmp_path_factory, tiny_corpus) -> Path:
 def student_vocab_dir(_student_vocab_dir, tmp_path) -> Path:
     """A fresh copy of the tiny student vocabulary directory (300 tokens) for one test."""
     return Path(shutil.copytree(_student_vocab_dir, tmp_path / "vocab"))
+
+
+# --- inference (issue 5): a tiny DistilBERT student with an MLM head, its ONNX export, a sentence file
+@pytest.fixture(scope="session")
+def _tiny_student(_teacher_dir, _student_vocab_dir, tmp_path_factory) -> Path:
+    from distilrubert.student_init import InitStudentConfig, init_student
+
+    out = tmp_path_factory.mktemp("student") / "tiny-student"
+    init_student(InitStudentConfig(teacher=str(_teacher_dir), vocab=str(_student_vocab_dir), output=str(out),
+                                   dim=16, heads=2, ffn=40, layers=2, max_position_embeddings=128))
+    return out
+
+
+@pytest.fixture
+def tiny_student(_tiny_student, tmp_path) -> Path:
+    """A fresh copy of a 2-layer, 16-hidden DistilBertForMaskedLM student with its tokenizer."""
+    return Path(shutil.copytree(_tiny_student, tmp_path / "student"))
+
+
+@pytest.fixture(scope="session")
+def _tiny_onnx(_tiny_student, tmp_path_factory) -> dict:
+    from distilrubert.export import export_encoder_onnx
+
+    return export_encoder_onnx(_tiny_student, tmp_path_factory.mktemp("onnx") / "tiny-onnx", quantize=True)
+
+
+@pytest.fixture
+def sentence_file(tmp_path) -> Path:
+    """The test sentences, one a line (a stand-in for encodechka's sentences_sample.txt)."""
+    path = tmp_path / "sentences.txt"
+    path.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    return path

@@ -456,7 +456,7 @@ def benchmark(cfg: BenchConfig) -> dict:
             if any(b.startswith("onnx") for b in cfg.backends):
                 t0 = time.perf_counter()
                 onnx_dir = workdir / f"{Path(name).name}-onnx"
-                paths = export_encoder_onnx(model_dir, onnx_dir, quantize="onnx-int8" in cfg.backends)
+                paths = export_encoder_onnx(model_dir, onnx_dir, quantize="onnx-int8" in cfg.backends, task="encoder")
                 parity = parity_check(model_dir, paths["fp32"], paths["int8"], "encoder", sentences[:64],
                                       cfg.max_length)
                 entry["export"] = {"seconds": time.perf_counter() - t0, "fused": paths["fused"], **parity}

@@ -69,7 +69,8 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling) -> np.ndarray:
 class _TorchRunner:
     """Runs the transformers model (eager, SDPA attention; optionally ``torch.compile``)."""
 
-    def __init__(self, model_dir: Path, device: str | None, compile: bool, trust_remote_code: bool):
+    def __init__(self, model_dir: Path, device: str | None, compile: bool, trust_remote_code: bool,
+                 threads: int | None = None):
         import torch
         from transformers import AutoModel
 
@@ -79,9 +80,14 @@ class _TorchRunner:
         self.model = model.to(self.device).eval()
         self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self.input_names = {"input_ids", "attention_mask"}
+        self.threads = threads
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         torch = self.torch
+        if self.threads and torch.get_num_threads() != self.threads:
+            # The OpenMP thread count is per calling thread: a server's worker thread would otherwise run
+            # with the default (all cores) and oversubscribe.
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             out = self.forward(input_ids=torch.from_numpy(input_ids).to(self.device),
                                attention_mask=torch.from_numpy(attention_mask).to(self.device))
@@ -168,7 +174,7 @@ class Encoder:
                 import torch
 
                 torch.set_num_threads(threads)
-            runner = _TorchRunner(model_dir, device, compile, trust_remote_code)
+            runner = _TorchRunner(model_dir, device, compile, trust_remote_code, threads)
             name = "torch-compile" if compile else "torch"
         else:
             path = find_onnx(model_dir, quantized)
@@ -242,5 +248,5 @@ def _export_to_temp(model_dir: Path, quantized: bool) -> Path:
 
     tmp = Path(tempfile.mkdtemp(prefix="distilrubert-onnx-"))
     logger.info("%s has no %s: exporting to %s", model_dir, ONNX_FILE, tmp)
-    paths = export_encoder_onnx(model_dir, tmp, quantize=quantized)
+    paths = export_encoder_onnx(model_dir, tmp, quantize=quantized, task="encoder")
     return paths["int8"] if quantized else paths["fp32"]

@@ -155,7 +155,7 @@ def quantize_graph(src: Path, dst: Path) -> None:
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def export_encoder_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = False, task: str = "encoder",
+def export_encoder_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = False, task: str = "auto",
                         optimize: bool = True, opset: int = 17, trust_remote_code: bool = False) -> dict:
     """Export ``model_dir`` to ``out_dir/model.onnx`` (and ``model_quantized.onnx``), plus config and tokenizer.
 
