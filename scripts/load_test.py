@@ -20,6 +20,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +49,18 @@ def start_server(model: str, port: int, batching: bool, extra: list[str]) -> sub
             time.sleep(0.3)
     proc.terminate()
     raise RuntimeError("server did not start within 120 s")
+
+
+def build_preset_model(name: str, sentences: str) -> str:
+    """A preset's random-weight model (bench's tokenizer) with model.onnx and model_quantized.onnx beside it."""
+    from distilrubert.bench import BenchConfig, build_preset, preset_tokenizer
+    from distilrubert.export import export_encoder_onnx
+
+    workdir = Path(tempfile.mkdtemp(prefix="distilrubert-load-test-"))
+    tokenizer = preset_tokenizer(BenchConfig(output=str(workdir / "unused"), sentences=sentences), workdir)
+    model_dir = build_preset(name, tokenizer, workdir, seed=0)
+    export_encoder_onnx(model_dir, model_dir, quantize=True, task="encoder")
+    return str(model_dir)
 
 
 async def load(port: int, texts: list[str], clients: int, seconds: float) -> dict:
@@ -85,7 +98,10 @@ async def load(port: int, texts: list[str], clients: int, seconds: float) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="Model directory to serve.")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="Model directory to serve.")
+    model.add_argument("--preset", help="Serve a random-weight model of a bench preset (e.g. distilrubert-tiny-5k), "
+                       "with its ONNX fp32 and int8 graphs.")
     parser.add_argument("--sentences", required=True, help="Text file, one sentence a line.")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -93,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("server_args", nargs="*", help="Extra `serve` flags after `--` (e.g. --backend onnx).")
     args = parser.parse_args(argv)
     texts = [t.strip() for t in Path(args.sentences).read_text(encoding="utf-8").splitlines() if t.strip()]
+    if args.preset:
+        args.model = build_preset_model(args.preset, args.sentences)
     report = {"clients": args.clients, "seconds": args.seconds, "server_args": args.server_args,
               "cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": list(os.getloadavg())}
     for batching in (True, False):

@@ -160,9 +160,15 @@ class PeakRSS:
 
 
 def time_calls(fn: Callable[[], object], warmup: int, repeats: int, budget: float) -> dict:
-    """Warm-up, then up to ``repeats`` timed calls (at least 2, stopping early past ``budget`` seconds)."""
+    """Warm-up, then up to ``repeats`` timed calls (at least 2, stopping early past ``budget`` seconds).
+
+    Warm-up stops after one call when that call alone took over a quarter of the budget (large models).
+    """
+    start = time.perf_counter()
     for _ in range(warmup):
         fn()
+        if time.perf_counter() - start > budget / 4:
+            break
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < repeats and (len(times) < 2 or time.perf_counter() - start < budget):
@@ -282,13 +288,15 @@ def per_text(fn: Callable[[str], object], texts: list[str], budget: float, warmu
             "texts": len(times)}
 
 
-def corpus_texts(sentences: list[str], size: int, ms_per_text: float, budget: float) -> list[str]:
-    """The sentence file repeated to ``size`` texts, cut (in whole passes) so a run fits in ``budget``.
+def corpus_texts(sentences: list[str], size: int, eager_ms_per_text: float, budget: float) -> list[str]:
+    """The sentence file repeated to ``size`` texts, fewer for slow models so a run fits the budget.
 
-    Batched runs are several times faster than one text at a time, hence the factor 4 on the estimate.
+    The count is set once per model from the eager one-text-at-a-time speed (the slowest path; batched
+    eager is about 2x faster) so that every backend of a model embeds the same texts, and the eager
+    baseline's corpus run takes about ``4 * budget`` seconds at most. Multiples of 64, at least 64.
     """
-    affordable = int(budget * 4 * 1000 / max(ms_per_text, 1e-3))
-    n = min(size, max(len(sentences), affordable // len(sentences) * len(sentences)))
+    affordable = int(4 * budget * 2 * 1000 / max(eager_ms_per_text, 1e-3)) // 64 * 64
+    n = min(size, max(64, affordable))
     return (sentences * (n // len(sentences) + 1))[:n]
 
 
@@ -307,7 +315,7 @@ def _corpus_flops(tokenizer, config, texts: list[str], max_length: int) -> float
     return sum(model_flops(config, n) for n in lengths)
 
 
-def eager_baseline(model_dir: Path, sentences: list[str], cfg: BenchConfig) -> dict:
+def eager_baseline(model_dir: Path, sentences: list[str], cfg: BenchConfig) -> tuple[dict, list[str]]:
     """Plain transformers eager PyTorch as the model card uses it (one text at a time; unsorted batches of 32)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -330,13 +338,13 @@ def eager_baseline(model_dir: Path, sentences: list[str], cfg: BenchConfig) -> d
 
         one = per_text(embed, sentences, cfg.budget)
         texts = corpus_texts(sentences, cfg.corpus_size, one["ms_per_text"], cfg.budget)
-        corpus = corpus_throughput(unsorted_batches, texts, sentences[:64])
+        corpus = corpus_throughput(unsorted_batches, texts, sentences[:32])
         corpus["flops_per_s"] = _corpus_flops(tokenizer, model.config, texts, cfg.max_length) / corpus["seconds"]
-    return {"encodechka": one, "corpus": corpus, "peak_rss_mb": mem.peak_mb}
+    return {"encodechka": one, "corpus": corpus, "peak_rss_mb": mem.peak_mb}, texts
 
 
-def bench_backend(model_dir: Path, onnx_dir: Path | None, backend: str, sentences: list[str], cfg: BenchConfig,
-                  threads: int) -> dict:
+def bench_backend(model_dir: Path, onnx_dir: Path | None, backend: str, sentences: list[str], texts: list[str],
+                  cfg: BenchConfig, threads: int) -> dict:
     """Synthetic latency/throughput, encodechka ms/text and corpus texts/s of one backend via ``Encoder``."""
     from distilrubert.encoder import Encoder
 
@@ -364,8 +372,8 @@ def bench_backend(model_dir: Path, onnx_dir: Path | None, backend: str, sentence
                               flops_per_s=batch * model_flops(config, seq) / (timing["median_ms"] / 1000))
                 result["synthetic"].append(timing)
         result["encodechka"] = per_text(lambda text: enc.encode([text], batch_size=1), sentences, cfg.budget)
-        texts = corpus_texts(sentences, cfg.corpus_size, result["encodechka"]["ms_per_text"], cfg.budget)
-        corpus = corpus_throughput(lambda t: enc.encode(t, batch_size=cfg.corpus_batch_size), texts, sentences)
+        corpus = corpus_throughput(lambda t: enc.encode(t, batch_size=cfg.corpus_batch_size), texts,
+                                   sentences[: cfg.corpus_batch_size])
         corpus["flops_per_s"] = _corpus_flops(enc.tokenizer, config, texts, cfg.max_length) / corpus["seconds"]
         result["corpus"] = corpus
     result["peak_rss_mb"] = mem.peak_mb
@@ -450,7 +458,7 @@ def benchmark(cfg: BenchConfig) -> dict:
             entry["flop_per_token_dense"] = dense_flop_per_token(config)
             entry["parameters"] = _parameters(model_dir)
             steps.set_postfix_str(f"{name} eager baseline")
-            entry["baseline"] = eager_baseline(model_dir, sentences, cfg)
+            entry["baseline"], texts = eager_baseline(model_dir, sentences, cfg)
             steps.update()
             onnx_dir = None
             if any(b.startswith("onnx") for b in cfg.backends):
@@ -463,7 +471,8 @@ def benchmark(cfg: BenchConfig) -> dict:
             for backend in cfg.backends:
                 steps.set_postfix_str(f"{name} {backend}")
                 try:
-                    entry["backends"][backend] = bench_backend(model_dir, onnx_dir, backend, sentences, cfg, threads)
+                    entry["backends"][backend] = bench_backend(model_dir, onnx_dir, backend, sentences, texts,
+                                                                cfg, threads)
                 except Exception as err:  # a backend that does not work here (e.g. torch.compile) is reported
                     logger.warning("%s / %s failed: %s", name, backend, err)
                     entry["backends"][backend] = {"error": f"{type(err).__name__}: {err}"}

@@ -150,9 +150,15 @@ def quantize_graph(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # DefaultTensorType: fused contrib ops (Attention, BiasGelu) have no shape-inference types.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantiser logs one INFO line per tensor on the root logger
+    try:
+        # DefaultTensorType: fused contrib ops (Attention, BiasGelu) have no shape-inference types.
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
 
 
 def export_encoder_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = False, task: str = "auto",
