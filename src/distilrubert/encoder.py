@@ -199,7 +199,7 @@ class Encoder:
             mask[row, : len(seq)] = 1
         return input_ids, mask
 
-    def encode(self, texts: str | Sequence[str], batch_size: int = 64, pooling: Pooling = "cls",
+    def encode(self, texts: str | Sequence[str], batch_size: int = 32, pooling: Pooling = "cls",
                normalize: bool = False, sort: bool = True, show_progress: bool = False) -> np.ndarray:
         """Embed texts; returns ``(len(texts), dim)`` float32 in the input order.
 
