@@ -88,7 +88,9 @@ class _TorchRunner:
             # The OpenMP thread count is per calling thread: a server's worker thread would otherwise run
             # with the default (all cores) and oversubscribe.
             torch.set_num_threads(self.threads)
-        with torch.inference_mode():
+        # fp16 autocast on CUDA (inference only; outputs are cast back to fp32); a no-op context on CPU.
+        autocast = torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
+        with torch.inference_mode(), autocast:
             out = self.forward(input_ids=torch.from_numpy(input_ids).to(self.device),
                                attention_mask=torch.from_numpy(attention_mask).to(self.device))
             return out.last_hidden_state.float().cpu().numpy()  # (batch, seq, dim)
