@@ -14,6 +14,7 @@ embeddings, printed and stored in ``parity.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -133,6 +134,18 @@ def export_graph(model, path: Path, task: str, opset: int = 17) -> None:
                           output_names=[name], dynamic_axes=axes, opset_version=opset, dynamo=False)
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime's optimizer and quantiser log one INFO line per fusion/tensor; keep WARNING and above."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def optimize_graph(src: Path, dst: Path, model_config) -> dict[str, int]:
     """Fuse the graph with onnxruntime's transformer optimizer; returns the counts of fused operators."""
     from onnxruntime.transformers.optimizer import optimize_model
@@ -140,7 +153,8 @@ def optimize_graph(src: Path, dst: Path, model_config) -> dict[str, int]:
     heads = getattr(model_config, "num_attention_heads", None) or model_config.n_heads
     hidden = getattr(model_config, "hidden_size", None) or model_config.dim
     # DistilBERT and BERT share the "bert" fusion patterns.
-    optimized = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden)
+    with _quiet_root_logger():
+        optimized = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden)
     optimized.save_model_to_file(str(dst))
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
 
@@ -150,15 +164,10 @@ def quantize_graph(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))  # the quantiser logs one INFO line per tensor on the root logger
-    try:
+    with _quiet_root_logger():
         # DefaultTensorType: fused contrib ops (Attention, BiasGelu) have no shape-inference types.
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        root.setLevel(level)
 
 
 def export_encoder_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = False, task: str = "auto",
