@@ -143,8 +143,8 @@ class Encoder:
             model_dir: Directory with ``config.json`` and a tokenizer, plus weights and/or ``model.onnx``.
             backend: ``"onnx"`` (ONNX Runtime; exported on the fly into a temporary directory if the
                 directory has no ``model.onnx``), ``"torch"`` (transformers, SDPA attention), or
-                ``"auto"``: ONNX when the directory has an exported graph and onnxruntime is installed,
-                else torch.
+                ``"auto"``: ONNX when the directory has an exported graph (or ``quantized=True``) and
+                onnxruntime is installed, else torch.
             quantized: With the ONNX backend, use the dynamically quantised int8 graph.
             threads: Intra-op threads (ONNX session option; ``torch.set_num_threads`` for torch, which is
                 process-wide). ``None`` keeps the library default.
@@ -168,7 +168,9 @@ class Encoder:
         positions = getattr(config, "max_position_embeddings", max_length) or max_length
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         if backend == "auto":
-            backend = "onnx" if onnxruntime_available() and find_onnx(model_dir, quantized) else "torch"
+            # int8 exists only as an ONNX graph: ask for it and it is exported on the fly if missing.
+            wants_onnx = quantized or find_onnx(model_dir, quantized) is not None
+            backend = "onnx" if onnxruntime_available() and wants_onnx else "torch"
         if backend == "torch":
             if quantized:
                 raise ValueError("quantized=True needs backend='onnx'")
