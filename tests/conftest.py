@@ -131,11 +131,12 @@ def student_vocab_dir(_student_vocab_dir, tmp_path) -> Path:
     return Path(shutil.copytree(_student_vocab_dir, tmp_path / "vocab"))
 
 
+# --- a tiny DistilBERT student with an MLM head, its ONNX export, a sentence file (tasks, inference)
 @pytest.fixture(scope="session")
 def tiny_student_dir(tmp_path_factory, _teacher_dir, _student_vocab_dir) -> Path:
     """A tiny DistilBERT student (2 x 16, 300-token vocab, 128 positions) initialised from the tiny teacher.
 
-    Session-scoped and read-only: tests that write into a model directory must copy it first.
+    Session-scoped and read-only: tests that write into a model directory use ``tiny_student`` (a copy).
     """
     from distilrubert.student_init import InitStudentConfig, init_student
 
@@ -143,3 +144,24 @@ def tiny_student_dir(tmp_path_factory, _teacher_dir, _student_vocab_dir) -> Path
     init_student(InitStudentConfig(teacher=str(_teacher_dir), vocab=str(_student_vocab_dir), output=str(out),
                                    dim=16, heads=2, ffn=40, layers=2, max_position_embeddings=128))
     return out
+
+
+@pytest.fixture
+def tiny_student(tiny_student_dir, tmp_path) -> Path:
+    """A fresh copy of a 2-layer, 16-hidden DistilBertForMaskedLM student with its tokenizer."""
+    return Path(shutil.copytree(tiny_student_dir, tmp_path / "student"))
+
+
+@pytest.fixture(scope="session")
+def _tiny_onnx(tiny_student_dir, tmp_path_factory) -> dict:
+    from distilrubert.export import export_encoder_onnx
+
+    return export_encoder_onnx(tiny_student_dir, tmp_path_factory.mktemp("onnx") / "tiny-onnx", quantize=True)
+
+
+@pytest.fixture
+def sentence_file(tmp_path) -> Path:
+    """The test sentences, one a line (a stand-in for encodechka's sentences_sample.txt)."""
+    path = tmp_path / "sentences.txt"
+    path.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    return path

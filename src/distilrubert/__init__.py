@@ -21,6 +21,8 @@ _LAZY = {
     "TokenMap": "distilrubert.tokenmap",
     "build_vocab": "distilrubert.vocab",
     "init_student": "distilrubert.student_init",
+    "Encoder": "distilrubert.encoder",
+    "create_app": "distilrubert.serve",
 }
 
 __all__ = ["__version__", *_LAZY]

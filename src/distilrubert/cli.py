@@ -41,6 +41,13 @@ COMMANDS: tuple[Command, ...] = (
             "distilrubert.tasks.convert:ConvertNerConfig", "distilrubert.tasks.convert:run"),
     Command("evaluate", "Probe evaluation of an encoder on the encodechka tasks (optionally vs its teacher).",
             "distilrubert.evaluate:EvaluateConfig", "distilrubert.evaluate:run"),
+    Command("export", "Export a model to ONNX (graph fusion, optional int8) with a parity check, "
+            "or to sentence-transformers format.", "distilrubert.export:ExportConfig", "distilrubert.export:run"),
+    Command("bench", "Benchmark latency, throughput, memory, the encodechka protocol and corpus throughput "
+            "over models and backends (torch, torch-compile, onnx, onnx-int8).",
+            "distilrubert.bench:BenchConfig", "distilrubert.bench:run"),
+    Command("serve", "Serve /embed, /fill-mask, /predict over HTTP (FastAPI + uvicorn) with micro-batching.",
+            "distilrubert.serve:ServeConfig", "distilrubert.serve:run"),
 )
 
 

@@ -1,0 +1,138 @@
+"""Load test of ``distilrubert serve``: concurrent clients sending single texts, micro-batching on vs off.
+
+Starts the server twice as a subprocess on a free loopback port (``--batching`` then ``--no-batching``),
+runs ``--clients`` asyncio clients that each POST one sentence at a time to ``/embed`` for ``--seconds``,
+and reports requests/s, errors and latency percentiles for both, plus the throughput ratio.
+
+    python scripts/load_test.py --model DIR --sentences ../shared/data/encodechka/sentences_sample.txt \
+        --output load_test.json
+
+Client and server share the machine's cores; the numbers are for this setting, not a server's capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: str, port: int, batching: bool, extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "distilrubert", "serve", "--model", model,
+           "--port", str(port), "--batching" if batching else "--no-batching", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.terminate()
+    raise RuntimeError("server did not start within 120 s")
+
+
+def build_preset_model(name: str, sentences: str) -> str:
+    """A preset's random-weight model (bench's tokenizer) with model.onnx and model_quantized.onnx beside it."""
+    from distilrubert.bench import BenchConfig, build_preset, preset_tokenizer
+    from distilrubert.export import export_encoder_onnx
+
+    workdir = Path(tempfile.mkdtemp(prefix="distilrubert-load-test-"))
+    tokenizer = preset_tokenizer(BenchConfig(output=str(workdir / "unused"), sentences=sentences), workdir)
+    model_dir = build_preset(name, tokenizer, workdir, seed=0)
+    export_encoder_onnx(model_dir, model_dir, quantize=True, task="encoder")
+    return str(model_dir)
+
+
+async def load(port: int, texts: list[str], clients: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    url = f"http://127.0.0.1:{port}/embed"
+    stop = time.perf_counter() + seconds
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        i = index
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            try:
+                response = await http.post(url, json={"texts": [texts[i % len(texts)]]})
+                ok = response.status_code == 200 and len(response.json()["embeddings"]) == 1
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - t0)
+            errors += not ok
+            i += clients
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        # One warm-up request per client so model warm-up is not measured.
+        await asyncio.gather(*(http.post(url, json={"texts": [texts[0]]}) for _ in range(clients)))
+        start = time.perf_counter()
+        await asyncio.gather(*(client(i, http) for i in range(clients)))
+        elapsed = time.perf_counter() - start
+    arr = np.asarray(latencies) * 1000
+    return {"requests": len(arr), "errors": errors, "seconds": elapsed, "requests_per_s": len(arr) / elapsed,
+            "p50_ms": float(np.percentile(arr, 50)), "p90_ms": float(np.percentile(arr, 90)),
+            "p99_ms": float(np.percentile(arr, 99))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="Model directory to serve.")
+    model.add_argument("--preset", help="Serve a random-weight model of a bench preset (e.g. distilrubert-tiny-5k), "
+                       "with its ONNX fp32 and int8 graphs.")
+    parser.add_argument("--sentences", required=True, help="Text file, one sentence a line.")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--output", default=None, help="Write the JSON report here.")
+    parser.add_argument("server_args", nargs="*", help="Extra `serve` flags after `--` (e.g. --backend onnx).")
+    args = parser.parse_args(argv)
+    texts = [t.strip() for t in Path(args.sentences).read_text(encoding="utf-8").splitlines() if t.strip()]
+    if args.preset:
+        args.model = build_preset_model(args.preset, args.sentences)
+    report = {"clients": args.clients, "seconds": args.seconds, "server_args": args.server_args,
+              "cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": list(os.getloadavg())}
+    for batching in (True, False):
+        port = free_port()
+        proc = start_server(args.model, port, batching, args.server_args)
+        try:
+            result = asyncio.run(load(port, texts, args.clients, args.seconds))
+            result["server_metrics"] = httpx.get(f"http://127.0.0.1:{port}/metrics?format=json").json()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        report["batching_on" if batching else "batching_off"] = result
+        print(f"batching {'on ' if batching else 'off'}: {result['requests_per_s']:.0f} req/s, "
+              f"{result['errors']} errors, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
+    report["throughput_ratio_on_vs_off"] = (report["batching_on"]["requests_per_s"]
+                                            / report["batching_off"]["requests_per_s"])
+    report["loadavg_end"] = list(os.getloadavg())
+    print(f"throughput ratio (batching on / off): {report['throughput_ratio_on_vs_off']:.2f}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0 if report["batching_on"]["errors"] == 0 and report["batching_off"]["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

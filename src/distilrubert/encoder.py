@@ -1,0 +1,256 @@
+"""``Encoder``: sentence embeddings at CPU speed, from a model directory, with torch or ONNX Runtime.
+
+What makes it fast compared with the model card's ``AutoModel`` loop:
+
+* texts are tokenized once, sorted by token length and cut into batches, so a batch is padded only to
+  its own longest text (never to 512), then the output order is restored;
+* ``backend="onnx"`` runs the graph ONNX Runtime's transformer optimizer fused (Attention,
+  SkipLayerNorm, BiasGelu), optionally dynamically quantised to int8 (``quantized=True``);
+* thread count is explicit (``threads=``), because on a small CPU the default oversubscribes.
+
+Example:
+    >>> enc = Encoder.from_pretrained("student/", backend="onnx")  # doctest: +SKIP
+    >>> enc.encode(["Привет!", "Как дела?"], pooling="mean", normalize=True).shape  # doctest: +SKIP
+    (2, 264)
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model_quantized.onnx"
+ONNX_SUBDIR = "onnx"
+
+Backend = Literal["auto", "torch", "onnx"]
+Pooling = Literal["cls", "mean"]
+
+
+def find_onnx(model_dir: str | Path, quantized: bool = False) -> Path | None:
+    """The ONNX file of an exported directory (``model.onnx`` / ``model_quantized.onnx``, or under ``onnx/``)."""
+    name = ONNX_INT8_FILE if quantized else ONNX_FILE
+    for candidate in (Path(model_dir) / name, Path(model_dir) / ONNX_SUBDIR / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def onnxruntime_available() -> bool:
+    """True when onnxruntime can be imported (the ``onnx`` extra)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling) -> np.ndarray:
+    """CLS or attention-mask mean pooling of token vectors.
+
+    Args:
+        hidden: ``(batch, seq, dim)`` token vectors.
+        mask: ``(batch, seq)`` attention mask (1 = token, 0 = padding).
+        pooling: ``"cls"`` (first token) or ``"mean"`` (mean over real tokens, as sentence-transformers does).
+    """
+    if pooling == "cls":
+        return hidden[:, 0]  # (batch, dim)
+    weights = mask[..., None].astype(hidden.dtype)  # (batch, seq, 1)
+    return (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)  # (batch, dim)
+
+
+class _TorchRunner:
+    """Runs the transformers model (eager, SDPA attention; optionally ``torch.compile``)."""
+
+    def __init__(self, model_dir: Path, device: str | None, compile: bool, trust_remote_code: bool,
+                 threads: int | None = None):
+        import torch
+        from transformers import AutoModel
+
+        self.torch = torch
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        self.model = model.to(self.device).eval()
+        self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self.input_names = {"input_ids", "attention_mask"}
+        self.threads = threads
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        if self.threads and torch.get_num_threads() != self.threads:
+            # The OpenMP thread count is per calling thread: a server's worker thread would otherwise run
+            # with the default (all cores) and oversubscribe.
+            torch.set_num_threads(self.threads)
+        # fp16 autocast on CUDA (inference only; outputs are cast back to fp32); a no-op context on CPU.
+        autocast = torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
+        with torch.inference_mode(), autocast:
+            out = self.forward(input_ids=torch.from_numpy(input_ids).to(self.device),
+                               attention_mask=torch.from_numpy(attention_mask).to(self.device))
+            return out.last_hidden_state.float().cpu().numpy()  # (batch, seq, dim)
+
+
+class _OnnxRunner:
+    """Runs an exported encoder graph with ONNX Runtime (CPU, or CUDA when its provider is installed)."""
+
+    def __init__(self, onnx_path: Path, threads: int | None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.path = onnx_path
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        return self.session.run(["last_hidden_state"], feed)[0]  # (batch, seq, dim)
+
+
+class Encoder:
+    """Embeds texts with a DistilBERT/BERT encoder, batching by length to avoid padding.
+
+    Build it with :meth:`from_pretrained`; call :meth:`encode`.
+    """
+
+    def __init__(self, tokenizer, runner, backend: str, max_length: int, model_dir: Path):
+        self.tokenizer = tokenizer
+        self.runner = runner
+        self.backend = backend
+        self.max_length = max_length
+        self.model_dir = model_dir
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, backend: Backend = "auto", quantized: bool = False,
+                        threads: int | None = None, max_length: int = 512, device: str | None = None,
+                        compile: bool = False, trust_remote_code: bool = False) -> Encoder:
+        """Load an encoder from a model directory (HF format, an ``export`` output, or both).
+
+        Args:
+            model_dir: Directory with ``config.json`` and a tokenizer, plus weights and/or ``model.onnx``.
+            backend: ``"onnx"`` (ONNX Runtime; exported on the fly into a temporary directory if the
+                directory has no ``model.onnx``), ``"torch"`` (transformers, SDPA attention), or
+                ``"auto"``: ONNX when the directory has an exported graph (or ``quantized=True``) and
+                onnxruntime is installed, else torch.
+            quantized: With the ONNX backend, use the dynamically quantised int8 graph.
+            threads: Intra-op threads (ONNX session option; ``torch.set_num_threads`` for torch, which is
+                process-wide). ``None`` keeps the library default.
+            max_length: Texts are truncated to this many tokens (also capped by the model's positions).
+            device: Torch device (default: CUDA when available, else CPU).
+            compile: Torch backend only: wrap the model in ``torch.compile`` (slow first call).
+            trust_remote_code: Passed to transformers; keep ``False`` unless you trust the directory.
+
+        Raises:
+            FileNotFoundError: ``model_dir`` or the requested ONNX file is missing.
+            ValueError: an unknown backend.
+        """
+        from transformers import AutoConfig, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json)")
+        if backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        positions = getattr(config, "max_position_embeddings", max_length) or max_length
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        if backend == "auto":
+            # int8 exists only as an ONNX graph: ask for it and it is exported on the fly if missing.
+            wants_onnx = quantized or find_onnx(model_dir, quantized) is not None
+            backend = "onnx" if onnxruntime_available() and wants_onnx else "torch"
+        if backend == "torch":
+            if quantized:
+                raise ValueError("quantized=True needs backend='onnx'")
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            runner = _TorchRunner(model_dir, device, compile, trust_remote_code, threads)
+            name = "torch-compile" if compile else "torch"
+        else:
+            path = find_onnx(model_dir, quantized)
+            if path is None:
+                path = _export_to_temp(model_dir, quantized)
+            runner = _OnnxRunner(path, threads)
+            name = "onnx-int8" if quantized else "onnx"
+        return cls(tokenizer, runner, name, min(max_length, positions), model_dir)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text (with special tokens), truncated to ``max_length``, unpadded."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False,
+                                 return_attention_mask=False, return_token_type_ids=False)
+        return encoded["input_ids"]
+
+    def _pad(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        width = max(len(x) for x in ids)
+        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)  # (batch, seq)
+        mask = np.zeros((len(ids), width), dtype=np.int64)  # (batch, seq)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        return input_ids, mask
+
+    def encode(self, texts: str | Sequence[str], batch_size: int = 32, pooling: Pooling = "cls",
+               normalize: bool = False, sort: bool = True, show_progress: bool = False) -> np.ndarray:
+        """Embed texts; returns ``(len(texts), dim)`` float32 in the input order.
+
+        Args:
+            texts: One string or a sequence of strings.
+            batch_size: Texts per forward pass (after sorting by length).
+            pooling: ``"cls"`` or ``"mean"`` (attention-mask mean, sentence-transformers' default).
+            normalize: L2-normalise each vector.
+            sort: Sort by token length before batching (turn off only to measure what it saves).
+            show_progress: Show a tqdm bar over batches.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if len(texts) == 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        ids = self.tokenize(texts)
+        order = np.argsort([len(x) for x in ids], kind="stable") if sort else np.arange(len(ids))
+        out: np.ndarray | None = None
+        starts = range(0, len(order), batch_size)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encode", unit="batch")
+        for start in starts:
+            index = order[start : start + batch_size]
+            input_ids, mask = self._pad([ids[i] for i in index])
+            vectors = pool(self.runner(input_ids, mask), mask, pooling)  # (batch, dim)
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[index] = vectors
+        if normalize:
+            out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Encoder({str(self.model_dir)!r}, backend={self.backend!r}, max_length={self.max_length})"
+
+
+def _export_to_temp(model_dir: Path, quantized: bool) -> Path:
+    """Export ``model_dir`` to ONNX in a temporary directory (kept for the process's lifetime)."""
+    from distilrubert.export import export_encoder_onnx
+
+    tmp = Path(tempfile.mkdtemp(prefix="distilrubert-onnx-"))
+    logger.info("%s has no %s: exporting to %s", model_dir, ONNX_FILE, tmp)
+    paths = export_encoder_onnx(model_dir, tmp, quantize=quantized, task="encoder")
+    return paths["int8"] if quantized else paths["fp32"]

@@ -1,0 +1,406 @@
+"""``serve``: an HTTP API over a model directory (FastAPI + uvicorn), with micro-batching and limits.
+
+Endpoints: ``POST /embed`` (texts -> vectors, via :class:`~distilrubert.encoder.Encoder`), ``POST
+/fill-mask`` (models with an MLM head), ``POST /predict`` (fine-tuned sequence- or token-classification
+models), ``GET /health``, ``GET /metrics`` (Prometheus text; ``?format=json`` for JSON), and the
+OpenAPI schema at ``/openapi.json`` (``/docs`` for the UI).
+
+Micro-batching: concurrent ``/embed`` requests are queued; one worker collects them for up to
+``--max-wait-ms`` or until ``--max-batch-size`` texts, runs one forward pass over all of them and
+answers each request with its rows. With ``--no-batching`` every request runs its own forward pass.
+Model calls run in one worker thread so the event loop keeps accepting requests.
+
+Limits: at most ``--max-texts`` texts per request and ``--max-chars`` characters per text (413 with a
+JSON error body), a request body cap derived from both (413), schema errors 422, malformed JSON 400.
+Every error body is ``{"error": {"code": ..., "message": ...}}``; the server keeps serving after any of
+them. The default bind address is 127.0.0.1.
+
+Example:
+    $ distilrubert serve --model student/ --port 8000
+    $ curl -s localhost:8000/embed -d '{"texts": ["Привет!"]}' -H 'content-type: application/json'
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the request models (defined inside
+# create_app) from the handlers' annotations at run time.
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from distilrubert.config import option
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    """Options of ``distilrubert serve``."""
+
+    model: str = option(help="Model directory (HF format and/or an `export` output).", metavar="DIR")
+    host: str = option("127.0.0.1", "Bind address (loopback by default; expose deliberately).")
+    port: int = option(8000, "TCP port.")
+    backend: Literal["auto", "torch", "onnx"] = option("auto", "Encoder backend for /embed.")
+    quantized: bool = option(False, "Use the int8 ONNX graph for /embed.")
+    threads: int | None = option(None, "Intra-op threads of the model (default: the library's).")
+    batching: bool = option(True, "Micro-batch concurrent /embed requests (--no-batching to compare).")
+    max_batch_size: int = option(32, "Most texts in one micro-batch.")
+    max_wait_ms: float = option(5.0, "How long the first request of a micro-batch waits for others.")
+    max_texts: int = option(64, "Most texts in one request (413 beyond).")
+    max_chars: int = option(2000, "Most characters in one text (413 beyond).")
+    max_length: int = option(128, "Texts are truncated to this many tokens.")
+    trust_remote_code: bool = option(False, "Allow custom model code from the model directory.")
+
+    def __post_init__(self) -> None:
+        if not (Path(self.model) / "config.json").is_file():
+            raise ValueError(f"--model {self.model}: not a model directory (no config.json)")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in 0..65535, got {self.port}")
+        for flag, value in (("--max-batch-size", self.max_batch_size), ("--max-texts", self.max_texts),
+                            ("--max-chars", self.max_chars), ("--max-length", self.max_length)):
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+
+
+class ApiError(Exception):
+    """An error answered with ``status`` and ``{"error": {"code", "message"}}``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class MicroBatcher:
+    """Collects items from concurrent requests into one call of ``fn(items) -> rows``.
+
+    ``submit(items)`` waits until a worker has run ``fn`` over a batch that contains ``items`` and
+    returns their rows. The first queued request waits at most ``max_wait`` seconds for company.
+    """
+
+    def __init__(self, fn, executor: ThreadPoolExecutor, max_batch: int, max_wait: float, on_batch=None):
+        self.fn, self.executor, self.max_batch, self.max_wait = fn, executor, max_batch, max_wait
+        self.on_batch = on_batch
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue = asyncio.Queue()
+        self.task = self.loop.create_task(self._worker())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def submit(self, items: list) -> Any:
+        if self.loop is not asyncio.get_running_loop():  # started lazily when run without lifespan events
+            self.start()
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((items, future))
+        return await future
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            pending = [await self.queue.get()]
+            size = len(pending[0][0])
+            deadline = loop.time() + self.max_wait
+            while size < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                except TimeoutError:
+                    break
+                pending.append(item)
+                size += len(item[0])
+            items = [x for request, _ in pending for x in request]
+            try:
+                rows = await loop.run_in_executor(self.executor, self.fn, items)
+            except Exception as err:  # answer every waiting request; the worker keeps running
+                for _, future in pending:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            if self.on_batch:
+                self.on_batch(len(items))
+            offset = 0
+            for request, future in pending:
+                if not future.done():
+                    future.set_result(rows[offset : offset + len(request)])
+                offset += len(request)
+
+
+@dataclass
+class Metrics:
+    """Request counts by endpoint and status, latency quantiles (last 10,000 per endpoint), batch sizes."""
+
+    requests: collections.Counter = field(default_factory=collections.Counter)
+    latencies: dict[str, collections.deque] = field(default_factory=dict)
+    batches: int = 0
+    batched_texts: int = 0
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        self.requests[(path, status)] += 1
+        self.latencies.setdefault(path, collections.deque(maxlen=10_000)).append(seconds)
+
+    def batch(self, size: int) -> None:
+        self.batches += 1
+        self.batched_texts += size
+
+    def as_dict(self) -> dict:
+        latency = {}
+        for path, values in self.latencies.items():
+            arr = np.asarray(values)
+            latency[path] = {"count": len(arr), "p50_ms": 1000 * float(np.percentile(arr, 50)),
+                             "p90_ms": 1000 * float(np.percentile(arr, 90)),
+                             "p99_ms": 1000 * float(np.percentile(arr, 99))}
+        return {"requests": [{"path": p, "status": s, "count": c} for (p, s), c in sorted(self.requests.items())],
+                "latency": latency, "batches": self.batches, "batched_texts": self.batched_texts,
+                "mean_batch_size": self.batched_texts / self.batches if self.batches else None}
+
+    def prometheus(self) -> str:
+        lines = ["# TYPE distilrubert_requests_total counter"]
+        for (path, status), count in sorted(self.requests.items()):
+            lines.append(f'distilrubert_requests_total{{path="{path}",status="{status}"}} {count}')
+        lines.append("# TYPE distilrubert_request_latency_seconds summary")
+        for path, values in self.latencies.items():
+            arr = np.asarray(values)
+            for q in (0.5, 0.9, 0.99):
+                lines.append(f'distilrubert_request_latency_seconds{{path="{path}",quantile="{q}"}} '
+                             f"{float(np.quantile(arr, q)):.6f}")
+            lines.append(f'distilrubert_request_latency_seconds_count{{path="{path}"}} {len(arr)}')
+        lines += ["# TYPE distilrubert_batches_total counter", f"distilrubert_batches_total {self.batches}",
+                  "# TYPE distilrubert_batched_texts_total counter",
+                  f"distilrubert_batched_texts_total {self.batched_texts}"]
+        return "\n".join(lines) + "\n"
+
+
+def _heads(model_dir: Path, trust_remote_code: bool) -> dict[str, str]:
+    """Which optional endpoints the model supports: ``fill-mask`` and/or ``predict`` (with its task)."""
+    from transformers import AutoConfig
+
+    try:
+        names = " ".join(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code).architectures
+                         or [])
+    except (OSError, ValueError):
+        return {}
+    heads = {}
+    if "ForMaskedLM" in names:
+        heads["fill-mask"] = "fill-mask"
+    if "ForSequenceClassification" in names:
+        heads["predict"] = "text-classification"
+    elif "ForTokenClassification" in names:
+        heads["predict"] = "token-classification"
+    return heads
+
+
+def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder=None):
+    """Build the FastAPI application for ``model_dir``.
+
+    Args:
+        model_dir: Model directory (HF format and/or an ``export`` output).
+        config: Server options (limits, batching, backend); defaults of :class:`ServeConfig` when omitted.
+        encoder: An already built :class:`~distilrubert.encoder.Encoder` (else one is loaded).
+
+    Returns:
+        A ``fastapi.FastAPI`` app; run it with uvicorn or test it with ``fastapi.testclient.TestClient``.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from pydantic import BaseModel, Field
+    from transformers import pipeline
+
+    from distilrubert.encoder import Encoder
+
+    model_dir = Path(model_dir)
+    config = config or ServeConfig(model=str(model_dir))
+    encoder = encoder or Encoder.from_pretrained(model_dir, backend=config.backend, quantized=config.quantized,
+                                                 threads=config.threads, max_length=config.max_length,
+                                                 trust_remote_code=config.trust_remote_code)
+    heads = _heads(model_dir, config.trust_remote_code)
+    pipes = {}
+    for endpoint, task in heads.items():
+        kwargs = {"aggregation_strategy": "simple"} if task == "token-classification" else {}
+        pipes[endpoint] = pipeline(task, model=str(model_dir), tokenizer=str(model_dir), device=-1,
+                                   trust_remote_code=config.trust_remote_code, **kwargs)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    metrics = Metrics()
+    # The body cap: every text at its limit, 4 bytes a character (UTF-8 worst case) plus JSON overhead.
+    max_body = config.max_texts * (config.max_chars * 4 + 16) + 4096
+
+    def embed_rows(pooling: str):
+        def fn(texts: list[str]) -> np.ndarray:
+            return encoder.encode(texts, batch_size=config.max_batch_size, pooling=pooling)  # (n, dim)
+        return fn
+
+    batchers = {p: MicroBatcher(embed_rows(p), executor, config.max_batch_size, config.max_wait_ms / 1000,
+                                on_batch=metrics.batch) for p in ("cls", "mean")}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        for batcher in batchers.values():
+            batcher.start()
+        yield
+        for batcher in batchers.values():
+            await batcher.stop()
+        executor.shutdown(wait=False)
+
+    app = FastAPI(title="distilrubert", version=_version(), lifespan=lifespan,
+                  description="Embeddings, fill-mask and predictions from a compact Russian encoder.")
+
+    class EmbedRequest(BaseModel):
+        texts: list[str] = Field(description="Texts to embed.")
+        pooling: Literal["cls", "mean"] = Field("mean", description="CLS token or attention-mask mean.")
+        normalize: bool = Field(False, description="L2-normalise the vectors.")
+
+    class EmbedResponse(BaseModel):
+        embeddings: list[list[float]]
+        dim: int
+        model: str
+
+    class TextsRequest(BaseModel):
+        texts: list[str] = Field(description="Texts (fill-mask: each with the tokenizer's mask token).")
+        top_k: int = Field(5, ge=1, le=50, description="fill-mask: candidates per mask.")
+
+    def check_texts(texts: list[str]) -> None:
+        if not texts:
+            raise ApiError(422, "empty_request", "texts must hold at least one text")
+        if len(texts) > config.max_texts:
+            raise ApiError(413, "too_many_texts", f"{len(texts)} texts; the limit is {config.max_texts} per request")
+        for i, text in enumerate(texts):
+            if len(text) > config.max_chars:
+                raise ApiError(413, "text_too_long",
+                               f"texts[{i}] has {len(text)} characters; the limit is {config.max_chars}")
+
+    def error(status: int, code: str, message: str, **extra) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError):
+        return error(err.status, err.code, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError):
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                   for e in err.errors()]
+        if any(d["type"] == "json_invalid" for d in details):
+            return error(400, "malformed_json", "the request body is not valid JSON", details=details)
+        return error(422, "invalid_request", "the request does not match the schema (see /openapi.json)",
+                     details=details)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception):
+        logger.exception("error while serving %s", request.url.path)
+        return error(500, "internal_error", f"{type(err).__name__}")
+
+    @app.middleware("http")
+    async def limits_and_metrics(request: Request, call_next):
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            response = error(413, "body_too_large", f"request body over {max_body} bytes")
+        else:
+            response = await call_next(request)
+        metrics.observe(request.url.path, response.status_code, time.perf_counter() - start)
+        return response
+
+    @app.post("/embed", response_model=EmbedResponse, summary="Embed texts")
+    async def embed(body: EmbedRequest):
+        check_texts(body.texts)
+        if config.batching:
+            vectors = await batchers[body.pooling].submit(body.texts)
+        else:
+            vectors = await asyncio.get_running_loop().run_in_executor(
+                executor, embed_rows(body.pooling), body.texts)
+        vectors = np.asarray(vectors, dtype=np.float32)  # (n, dim)
+        if body.normalize:
+            vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        # Serialised here (C json) instead of through response_model validation + jsonable_encoder, which
+        # costs more per request than the forward pass of a tiny model.
+        payload = {"embeddings": vectors.tolist(), "dim": int(vectors.shape[1]), "model": model_dir.name}
+        return Response(json.dumps(payload, ensure_ascii=False), media_type="application/json")
+
+    @app.post("/fill-mask", summary="Fill the mask token (models with an MLM head)")
+    async def fill_mask(body: TextsRequest) -> dict:
+        pipe = pipes.get("fill-mask")
+        if pipe is None:
+            raise ApiError(404, "no_mlm_head", "this model has no masked-language-model head")
+        check_texts(body.texts)
+        mask = pipe.tokenizer.mask_token
+        missing = [i for i, t in enumerate(body.texts) if mask not in t]
+        if missing:
+            raise ApiError(422, "no_mask_token", f"texts{missing} contain no {mask}")
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(executor, lambda: [pipe(t, top_k=body.top_k) for t in body.texts])
+        return {"results": [_plain(o) for o in outputs]}
+
+    @app.post("/predict", summary="Classification / NER (fine-tuned models)")
+    async def predict(body: TextsRequest) -> dict:
+        pipe = pipes.get("predict")
+        if pipe is None:
+            raise ApiError(404, "no_task_head", "this model has no classification or token-classification head")
+        check_texts(body.texts)
+        outputs = await asyncio.get_running_loop().run_in_executor(executor, lambda: pipe(list(body.texts)))
+        return {"task": heads["predict"], "results": _plain(outputs)}
+
+    @app.get("/health", summary="Liveness and what this server offers")
+    async def health() -> dict:
+        return {"status": "ok", "model": str(model_dir), "backend": encoder.backend, "batching": config.batching,
+                "endpoints": ["/embed", *(f"/{k}" for k in pipes)],
+                "limits": {"max_texts": config.max_texts, "max_chars": config.max_chars,
+                           "max_length": config.max_length}}
+
+    @app.get("/metrics", summary="Request counts, latency quantiles, micro-batch sizes")
+    async def get_metrics(format: Literal["prometheus", "json"] = "prometheus"):
+        if format == "json":
+            return metrics.as_dict()
+        return PlainTextResponse(metrics.prometheus())
+
+    app.state.metrics = metrics
+    app.state.encoder = encoder
+    return app
+
+
+def _plain(value: Any) -> Any:
+    """Pipeline outputs with numpy scalars turned into JSON numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _version() -> str:
+    from distilrubert import __version__
+
+    return __version__
+
+
+def run(config: ServeConfig) -> int:
+    """Entry point of ``distilrubert serve``: build the app and run uvicorn until interrupted."""
+    import uvicorn
+
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("binding %s: the server is reachable from other machines; it has no authentication",
+                       config.host)
+    app = create_app(config.model, config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    return 0

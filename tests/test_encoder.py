@@ -1,0 +1,134 @@
+"""Encoder (order, equality with plain transformers, backends) and export (ONNX parity, int8, sentence-transformers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from distilrubert.cli import main
+from distilrubert.encoder import Encoder, pool
+from distilrubert.export import export_encoder_onnx, parity_check
+from tests.conftest import SENTENCES
+
+# Lengths vary a lot so sorting changes the batches.
+TEXTS = [SENTENCES[3], "Да.", SENTENCES[7] * 3, "Ну что, поехали?", SENTENCES[0], SENTENCES[12] + SENTENCES[20]]
+
+
+def plain_transformers(model_dir, texts, pooling):
+    """The model card's way: one text at a time, AutoModel in eager PyTorch."""
+    tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
+    rows = []
+    for text in texts:
+        enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=128)
+        with torch.no_grad():
+            hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        rows.append(pool(hidden.numpy(), enc["attention_mask"].numpy(), pooling)[0])
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_torch_encoder_matches_plain_transformers_in_input_order(tiny_student_dir, pooling):
+    enc = Encoder.from_pretrained(tiny_student_dir, backend="torch", max_length=128)
+    got = enc.encode(TEXTS, batch_size=4, pooling=pooling)
+    assert got.shape == (len(TEXTS), 16) and got.dtype == np.float32
+    np.testing.assert_allclose(got, plain_transformers(tiny_student_dir, TEXTS, pooling), atol=1e-5)
+    # Sorting must not change the result (rows come back in input order), nor the batch size.
+    np.testing.assert_allclose(got, enc.encode(TEXTS, batch_size=1, pooling=pooling, sort=False), atol=1e-5)
+    np.testing.assert_allclose(got[::-1], enc.encode(TEXTS[::-1], batch_size=3, pooling=pooling), atol=1e-5)
+
+
+def test_encoder_normalize_single_string_and_errors(tiny_student_dir):
+    enc = Encoder.from_pretrained(tiny_student_dir, backend="torch")
+    vec = enc.encode("Привет!", normalize=True, pooling="mean")
+    assert vec.shape == (1, 16)
+    assert np.linalg.norm(vec[0]) == pytest.approx(1.0, abs=1e-5)
+    assert enc.max_length == 128  # capped by the model's positions
+    with pytest.raises(ValueError, match="pooling"):
+        enc.encode(["a"], pooling="max")
+    with pytest.raises(FileNotFoundError):
+        Encoder.from_pretrained(tiny_student_dir / "missing")
+    with pytest.raises(ValueError, match="backend"):
+        Encoder.from_pretrained(tiny_student_dir, backend="tensorflow")
+
+
+def test_batches_are_padded_only_to_their_longest_text(tiny_student_dir):
+    enc = Encoder.from_pretrained(tiny_student_dir, backend="torch")
+    widths = []
+    runner = enc.runner
+    enc.runner = lambda ids, mask: (widths.append(ids.shape[1]), runner(ids, mask))[1]
+    enc.encode(["Да."] * 4 + [SENTENCES[7] * 3], batch_size=4)
+    short = len(enc.tokenize(["Да."])[0])
+    assert widths[0] == short and widths[1] > short
+
+
+def test_onnx_export_parity_fp32_and_int8(tiny_student_dir, _tiny_onnx):
+    report = parity_check(tiny_student_dir, _tiny_onnx["fp32"], _tiny_onnx["int8"], "encoder", list(SENTENCES))
+    assert report["max_abs_diff_fp32_vs_torch"] < 1e-4
+    assert 0.9 < report["mean_cosine_int8_vs_fp32"] <= 1.0 + 1e-6
+    assert _tiny_onnx["fused"].get("Attention") == 2  # the ORT fusion recognised both layers' attention
+
+
+def test_onnx_encoder_equals_torch_encoder(tiny_student_dir, _tiny_onnx):
+    onnx_dir = _tiny_onnx["fp32"].parent
+    fast = Encoder.from_pretrained(onnx_dir, backend="auto", threads=1)
+    assert fast.backend == "onnx"
+    ref = Encoder.from_pretrained(tiny_student_dir, backend="torch")
+    np.testing.assert_allclose(fast.encode(TEXTS, pooling="mean"), ref.encode(TEXTS, pooling="mean"), atol=1e-4)
+    int8 = Encoder.from_pretrained(onnx_dir, backend="onnx", quantized=True)
+    assert int8.backend == "onnx-int8" and int8.encode(TEXTS).shape == (len(TEXTS), 16)
+
+
+def test_onnx_backend_exports_on_the_fly(tiny_student):
+    enc = Encoder.from_pretrained(tiny_student, backend="onnx")
+    ref = Encoder.from_pretrained(tiny_student, backend="torch")
+    np.testing.assert_allclose(enc.encode(TEXTS), ref.encode(TEXTS), atol=1e-4)
+
+
+def test_export_cli_writes_onnx_int8_and_parity(tiny_student, sentence_file, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", "--model", str(tiny_student), "--output", str(out), "--quantize", "int8",
+                 "--sentences", str(sentence_file)]) == 0
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["sentences"] == len(SENTENCES) and parity["max_abs_diff_fp32_vs_torch"] < 1e-4
+    assert "mean_cosine_int8_vs_fp32" in parity and "max_abs_diff" in capsys.readouterr().out
+    assert {"model.onnx", "model_quantized.onnx", "config.json", "tokenizer.json", "run.json"} <= {
+        p.name for p in out.iterdir()}
+    # An existing output is not overwritten without --overwrite (exit 1, one line on stderr).
+    assert main(["export", "--model", str(tiny_student), "--output", str(out)]) == 1
+
+
+def test_export_cli_rejects_bad_flags(tiny_student, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["export", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        main(["export", "--model", str(tiny_student), "--output", str(tmp_path / "o"),
+              "--format", "sentence-transformers", "--quantize", "int8"])
+
+
+def test_export_fine_tuned_head_parity(tiny_student, tmp_path):
+    torch.manual_seed(0)
+    head = AutoModelForSequenceClassification.from_pretrained(tiny_student, num_labels=3)
+    head_dir = tmp_path / "cls"
+    head.save_pretrained(head_dir)
+    AutoTokenizer.from_pretrained(tiny_student).save_pretrained(head_dir)
+    result = export_encoder_onnx(head_dir, tmp_path / "cls-onnx", quantize=True)
+    assert result["task"] == "sequence-classification"
+    report = parity_check(head_dir, result["fp32"], result["int8"], result["task"], list(SENTENCES))
+    assert report["max_abs_diff_fp32_vs_torch"] < 1e-4
+    assert 0.0 <= report["argmax_agreement_int8_vs_fp32"] <= 1.0
+
+
+def test_sentence_transformers_loads_export_offline_with_mean_pooling(tiny_student, tmp_path):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    out = tmp_path / "st"
+    assert main(["export", "--model", str(tiny_student), "--output", str(out), "--format",
+                 "sentence-transformers"]) == 0
+    model = sentence_transformers.SentenceTransformer(str(out), device="cpu")
+    got = model.encode(TEXTS, batch_size=4, show_progress_bar=False)
+    ref = Encoder.from_pretrained(out, backend="torch").encode(TEXTS, pooling="mean")
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] is True
