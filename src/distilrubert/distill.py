@@ -370,16 +370,15 @@ def load_student(directory: str, attn_implementation: str | None = None):
 
 def distill(config: DistillConfig) -> dict[str, Any]:
     """Run distillation as configured; return the training report (also in ``train_report.json``)."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from distilrubert.align import make_alignment
     from distilrubert.data import Collator, build_sequences, smoothed_token_probs
     from distilrubert.student_init import load_teacher
     from distilrubert.tokenmap import TokenMap
-    from distilrubert.trainer import _mixed_precision, finish_output, prepare_output, train
+    from distilrubert.trainer import finish_output, make_accelerator, prepare_output, train
 
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision))
+    accelerator = make_accelerator(config)
     resume_from = prepare_output(config, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(config.seed)

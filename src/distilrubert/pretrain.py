@@ -161,13 +161,12 @@ class PretrainTask:
 
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Train a masked-LM as configured; return the training report."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from distilrubert.data import Collator, build_sequences, smoothed_token_probs
-    from distilrubert.trainer import _mixed_precision, finish_output, prepare_output, train
+    from distilrubert.trainer import finish_output, make_accelerator, prepare_output, train
 
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision))
+    accelerator = make_accelerator(config)
     resume_from = prepare_output(config, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(config.seed)

@@ -170,6 +170,15 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
+def make_accelerator(options: TrainOptions) -> Any:
+    """The run's ``Accelerator``: GPU when present, else CPU (so ``accelerate launch --multi_gpu
+    --num_processes N`` on a machine without GPUs runs N CPU processes over gloo)."""
+    import torch
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=_mixed_precision(options.mixed_precision), cpu=not torch.cuda.is_available())
+
+
 def _to_device(batch: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
     import torch
 
