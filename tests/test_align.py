@@ -99,8 +99,8 @@ def test_reduce_kl_matches_dense_computation(token_map, pooling):
             rows = (owner[b] == b * 6 + j).nonzero().flatten()
             logq = torch.log_softmax(student_logits[b, rows].detach() / temperature, dim=-1)
             pooled = combine(logq)  # (student_vocab,)
-            scores = torch.stack([combine(pooled[torch.as_tensor(token_map.teacher_to_student[t, : token_map.lengths[t]])])
-                                  for t in covered])
+            pieces = [torch.as_tensor(token_map.teacher_to_student[t, : token_map.lengths[t]]) for t in covered]
+            scores = torch.stack([combine(pooled[p]) for p in pieces])
             s_logp = torch.log_softmax(scores, dim=-1)
             t_logp = torch.log_softmax(teacher_logits[b, j, covered] / temperature, dim=-1)
             total += float((t_logp.exp() * (t_logp - s_logp)).sum()) * temperature**2

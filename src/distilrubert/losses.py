@@ -73,10 +73,14 @@ def kl_log_probs(student_logp: torch.Tensor, teacher_logp: torch.Tensor, tempera
         temperature: ``T``; only the ``T**2`` factor is applied.
         reduction: ``"mean"`` over rows, ``"sum"``, or ``"none"`` (per row).
     """
-    t_p = teacher_logp.exp()
-    # Where the teacher probability is 0 the term is 0 (also for -inf columns: avoid 0 * inf = nan).
-    terms = torch.where(t_p > 0, t_p * (teacher_logp - student_logp), torch.zeros_like(t_p))  # (n, support)
-    per_row = terms.sum(-1) * temperature**2  # (n,)
+    teacher_logp = teacher_logp.detach()
+    t_p = teacher_logp.exp()  # (n, support)
+    # KL = sum p log p - sum p log q. Where p = 0 a term is 0 (-inf columns: avoid 0 * inf = nan); the
+    # teacher part carries no gradient, so only the cheap p * log q product is on the backward path.
+    entropy_part = torch.where(t_p > 0, t_p * teacher_logp, torch.zeros_like(t_p)).sum(-1)  # (n,)
+    if bool(torch.isneginf(student_logp.detach()).any()):
+        student_logp = student_logp.masked_fill(t_p == 0, 0.0)
+    per_row = (entropy_part - (t_p * student_logp).sum(-1)) * temperature**2  # (n,)
     if reduction == "none":
         return per_row
     return per_row.sum() if reduction == "sum" else per_row.mean()
