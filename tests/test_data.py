@@ -41,9 +41,12 @@ def test_sequences_respect_max_length_for_both_tokenisations(tmp_path, tiny_corp
         assert t_ids[0] == teacher.cls_token_id and t_ids[-1] == teacher.sep_token_id
         assert int(tmap.lengths[t_ids].sum()) <= 24  # the rewritten sequence of `reduce` fits too
     # The two tokenisations of a sequence cover the same text.
-    i = len(store) // 2
-    assert teacher.decode(store.teacher_ids(i)[1:-1]).replace(" ", "") == \
-        student.decode(store.student_ids(i)[1:-1]).replace(" ", "")
+    def letters(text: str) -> str:  # characters one vocabulary lacks decode as [UNK]
+        return "".join(c for c in text.replace("[UNK]", "") if c.isalpha())
+
+    for i in range(len(store)):
+        teacher_text = teacher.decode(store.teacher_ids(i)[1:-1])
+        assert letters(teacher_text) == letters(student.decode(store.student_ids(i)[1:-1]))
 
 
 def test_second_build_reads_the_cache(tmp_path, tiny_corpus, tokenizers, monkeypatch):
