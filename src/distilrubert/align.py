@@ -343,9 +343,11 @@ class ReduceAlignment(Alignment):
         padded = torch.cat([pooled, pooled.new_full((pooled.shape[0], 1), float("-inf"))], dim=1)  # (n, sv + 1)
         return padded[:, self.gather_index].logsumexp(-1)  # (n, n_covered, pieces) -> (n, n_covered)
 
-    def _kl_chunk(self, pooled: torch.Tensor, teacher_rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    def _kl_chunk(self, pooled: torch.Tensor, teacher_flat: torch.Tensor, rows: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
         s_logp = F.log_softmax(self.map_to_teacher(pooled), dim=-1)  # (n, n_covered)
-        t_logp = F.log_softmax(teacher_rows[:, self.cov_ids].float() / temperature, dim=-1)  # (n, n_covered)
+        t_rows = teacher_flat[rows[:, None], self.cov_ids[None, :]]  # (n, n_covered), one gather
+        t_logp = F.log_softmax(t_rows.float() / temperature, dim=-1)
         return kl_log_probs(s_logp, t_logp, temperature, reduction="sum")
 
     def kl(self, batch, student_logits, teacher_logits, temperature):
@@ -358,15 +360,16 @@ class ReduceAlignment(Alignment):
         for start in range(0, n, self.chunk_rows):
             rows = batch["t_index"][start:start + self.chunk_rows]
             chunk = pooled[start:start + self.chunk_rows]
-            # Recompute the (chunk, teacher_vocab) tensors in backward instead of keeping them all.
-            total = total + checkpoint(self._kl_chunk, chunk, t_flat[rows], temperature, use_reentrant=False)
+            # Recompute the (chunk, teacher_vocab) tensors in backward instead of keeping them all; the
+            # checkpoint keeps only its inputs (a view of pooled, the row ids, the teacher logits by reference).
+            total = total + checkpoint(self._kl_chunk, chunk, t_flat, rows, temperature, use_reentrant=False)
         return total / n
 
     def teacher_topk(self, batch, teacher_logits, temperature, k):
         t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])
         ids_out, val_out = [], []
         for start in range(0, len(batch["t_index"]), self.chunk_rows):
-            rows = t_flat[batch["t_index"][start:start + self.chunk_rows]][:, self.cov_ids]  # (n, n_covered)
+            rows = t_flat[batch["t_index"][start:start + self.chunk_rows, None], self.cov_ids[None, :]]  # (n, cov)
             t_logp = F.log_softmax(rows.float() / temperature, dim=-1)
             values, ids = t_logp.topk(min(k, t_logp.shape[-1]), dim=-1)  # (n, k) ids into the covered list
             ids_out.append(ids)
