@@ -222,3 +222,15 @@ def test_missing_student_is_a_one_line_error(tmp_path, models, tiny_corpus, caps
     code = main(_args((teacher, tmp_path / "nope"), tiny_corpus, tmp_path / "o", tmp_path / "c", "--max-steps", "1"))
     assert code == 1
     assert "--student" in capsys.readouterr().err
+
+
+def test_attention_loss_and_explicit_layer_pairs(tmp_path, models, tiny_corpus):
+    out = tmp_path / "out"
+    assert main(_args(models, tiny_corpus, out, tmp_path / "cache", "--alignment", "match", "--max-steps", "4",
+                      "--alpha-attention", "1.0", "--layer-mapping", "0:0,1:1,2:1+2", "--hidden-loss", "cosine",
+                      "--eval-every", "0", "--save-every", "0", "--log-every", "1")) == 0
+    train, _ = _metrics(out)
+    assert all(r["attention"] > 0 and r["hidden"] > 0 for r in train)
+    with pytest.raises(SystemExit):  # the attention loss needs `match`
+        main(_args(models, tiny_corpus, tmp_path / "o2", tmp_path / "cache", "--alignment", "reduce",
+                   "--alpha-attention", "1.0"))
