@@ -30,6 +30,7 @@ logsumexp map a gather from it: no dense one-hot matrix anywhere.
 from __future__ import annotations
 
 import bisect
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,6 +116,32 @@ def pool_rows(values: torch.Tensor, owner: torch.Tensor, n_rows: int, pooling: s
         summed = values.new_zeros(n_rows, d).index_add(0, owner, (values - top[owner]).exp())  # (n_rows, d)
         return summed.log() + top
     raise ValueError(f"--pooling: unknown pooling {pooling!r} (sum, mean, logsumexp)")
+
+
+class _MappedKL(torch.autograd.Function):
+    """Sum over rows of ``KL(P || softmax(pooled @ map))`` with its gradient computed in the forward pass.
+
+    ``map`` is the sparse ``(student_vocab, n_covered)`` matrix of the linear (sum / mean) reduce map. The
+    gradient with respect to the mapped scores is ``softmax(mapped) - P``, so the forward pass can hand
+    back ``(softmax(mapped) - P) @ map.T`` at once: nothing of size ``(rows, teacher_vocab)`` is kept
+    for the backward pass and nothing is recomputed (``(rows, student_vocab)`` is kept instead).
+    """
+
+    @staticmethod
+    def forward(ctx, pooled, map_t, map_back, target_p, target_entropy):
+        # pooled: (n, student_vocab); map_t: sparse (student_vocab, n_cov); map_back: sparse (n_cov, student_vocab)
+        mapped = pooled.float() @ map_t  # (n, n_cov)
+        lse = mapped.logsumexp(-1, keepdim=True)  # (n, 1)
+        # sum_t P_t (log P_t - mapped_t + lse), with sum_t P_t = 1
+        loss = (target_entropy - (target_p * mapped).sum(-1) + lse.squeeze(-1)).sum()
+        grad_mapped = mapped.sub_(lse).exp_().sub_(target_p)  # (n, n_cov), in place: softmax - P
+        ctx.save_for_backward(grad_mapped @ map_back)  # (n, student_vocab)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad_pooled,) = ctx.saved_tensors
+        return grad_pooled * grad_output, None, None, None, None
 
 
 def _pad(seqs: Sequence[np.ndarray], value: int) -> np.ndarray:
@@ -292,11 +319,22 @@ class ReduceAlignment(Alignment):
         # For logsumexp: pad index points at an extra -inf column appended to the student scores.
         self.gather_index = torch.as_tensor(np.where(matrix >= 0, matrix, n_student))  # (n_cov, max_pieces)
         self.n_student = n_student
+        # The linear (sum / mean) map as sparse matrices: scores = pooled @ map_t, gradients through map_back.
+        rows = np.repeat(np.arange(len(cov_ids)), lengths)
+        cols = matrix[matrix >= 0]
+        weight = np.ones(len(cols)) if pooling != "mean" else 1.0 / np.repeat(lengths, lengths)
+        indices = torch.as_tensor(np.stack([rows, cols]))
+        coo = torch.sparse_coo_tensor(indices, torch.as_tensor(weight, dtype=torch.float32), (len(cov_ids), n_student),
+                                      check_invariants=True).coalesce()  # a piece used twice in a token: summed
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.map_back = coo.to_sparse_csr()  # (n_cov, student_vocab)
+            self.map_t = coo.t().coalesce().to_sparse_csr()  # (student_vocab, n_cov)
         self.chunk_rows = max(1, chunk_elements // (len(cov_ids) * (matrix.shape[1] if pooling == "logsumexp"
                                                                      else 1)))
 
     def to(self, device: torch.device) -> ReduceAlignment:
-        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index"):
+        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "map_t", "map_back"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -357,6 +395,18 @@ class ReduceAlignment(Alignment):
             return student_logits.sum() * 0.0
         t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (batch * t_len, teacher_vocab)
         total = pooled.new_zeros(())
+        if self.pooling in ("sum", "mean"):
+            for start in range(0, n, self.chunk_rows):
+                rows = batch["t_index"][start:start + self.chunk_rows]
+                with torch.no_grad():
+                    t_rows = t_flat[rows[:, None], self.cov_ids[None, :]].float() / temperature  # (n, n_cov)
+                    t_lse = t_rows.logsumexp(-1, keepdim=True)
+                    target = (t_rows - t_lse).exp_()  # teacher probabilities over the covered tokens
+                    entropy = (target * t_rows).sum(-1) - t_lse.squeeze(-1)  # sum P log P
+                    del t_rows
+                total = total + _MappedKL.apply(pooled[start:start + self.chunk_rows], self.map_t, self.map_back,
+                                                target, entropy)
+            return total * temperature**2 / n
         for start in range(0, n, self.chunk_rows):
             rows = batch["t_index"][start:start + self.chunk_rows]
             chunk = pooled[start:start + self.chunk_rows]
@@ -391,6 +441,15 @@ class ReduceAlignment(Alignment):
         if n == 0:
             return student_logits.sum() * 0.0
         total = pooled.new_zeros(())
+        if self.pooling in ("sum", "mean"):
+            for start in range(0, n, self.chunk_rows):
+                sl = slice(start, start + self.chunk_rows)
+                with torch.no_grad():
+                    p_topk = F.softmax(topk_logp[sl].float(), dim=-1)  # (n, k) renormalised over the top-k
+                    target = p_topk.new_zeros(p_topk.shape[0], len(self.cov_ids)).scatter_(1, topk_ids[sl], p_topk)
+                    entropy = torch.xlogy(p_topk, p_topk).sum(-1)
+                total = total + _MappedKL.apply(pooled[sl], self.map_t, self.map_back, target, entropy)
+            return total * temperature**2 / n
         for start in range(0, n, self.chunk_rows):
             sl = slice(start, start + self.chunk_rows)
             total = total + checkpoint(self._kl_topk_chunk, pooled[sl], topk_ids[sl], topk_logp[sl], temperature,
