@@ -241,7 +241,7 @@ def build_sequences(corpus_paths: Sequence[str | Path], student_tokenizer: Any, 
             handles["student.bin"].write(s_seq.tobytes())
             report["student_tokens"] += len(s_seq)
             handles["student_offsets.bin"].write(np.asarray([report["student_tokens"]], np.int64).tobytes())
-            np.add.at(counts, s_seq, 1)
+            block_ids.append(s_seq)
             if t_ids is not None:
                 t_seq = np.concatenate([[t_cls], t_ids, [t_sep]]).astype(np.int32)
                 handles["teacher.bin"].write(t_seq.tobytes())
@@ -273,7 +273,11 @@ def build_sequences(corpus_paths: Sequence[str | Path], student_tokenizer: Any, 
                         report["dropped_unk"] += 1
                         continue
                     write(s_part, t_part)
+            if block_ids:  # token counts for the masking weights, one bincount per block
+                counts[:] += np.bincount(np.concatenate(block_ids), minlength=len(counts))[: len(counts)]
+                block_ids.clear()
 
+        block_ids: list[np.ndarray] = []
         block: list[str] = []
         for doc in tqdm(corpus, desc="tokenising", unit="doc", disable=not progress, mininterval=1.0):
             block.append(doc)
