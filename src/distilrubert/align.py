@@ -119,23 +119,29 @@ def pool_rows(values: torch.Tensor, owner: torch.Tensor, n_rows: int, pooling: s
 
 
 class _MappedKL(torch.autograd.Function):
-    """Sum over rows of ``KL(P || softmax(pooled @ map))`` with its gradient computed in the forward pass.
+    """Sum over rows of ``KL(P || softmax(map @ pooled))`` with its gradient computed in the forward pass.
 
-    ``map`` is the sparse ``(student_vocab, n_covered)`` matrix of the linear (sum / mean) reduce map. The
-    gradient with respect to the mapped scores is ``softmax(mapped) - P``, so the forward pass can hand
-    back ``(softmax(mapped) - P) @ map.T`` at once: nothing of size ``(rows, teacher_vocab)`` is kept
-    for the backward pass and nothing is recomputed (``(rows, student_vocab)`` is kept instead).
+    ``map`` is the sparse ``(n_covered, student_vocab)`` matrix of the linear (sum / mean) reduce map.
+    The gradient with respect to the mapped scores is ``softmax(mapped) - P``, so the forward pass hands
+    back ``map.T @ (softmax(mapped) - P)`` at once: nothing of size ``(rows, teacher_vocab)`` is kept for
+    the backward pass and nothing is recomputed. Everything runs in the ``(teacher_vocab, rows)`` layout
+    that sparse-times-dense products produce, so no large transposed copy of the student side is made.
     """
 
     @staticmethod
-    def forward(ctx, pooled, map_t, map_back, target_p, target_entropy):
-        # pooled: (n, student_vocab); map_t: sparse (student_vocab, n_cov); map_back: sparse (n_cov, student_vocab)
-        mapped = pooled.float() @ map_t  # (n, n_cov)
-        lse = mapped.logsumexp(-1, keepdim=True)  # (n, 1)
-        # sum_t P_t (log P_t - mapped_t + lse), with sum_t P_t = 1
-        loss = (target_entropy - (target_p * mapped).sum(-1) + lse.squeeze(-1)).sum()
-        grad_mapped = mapped.sub_(lse).exp_().sub_(target_p)  # (n, n_cov), in place: softmax - P
-        ctx.save_for_backward(grad_mapped @ map_back)  # (n, student_vocab)
+    def forward(ctx, pooled, map_forward, map_back, target_p_t, target_entropy):
+        # pooled: (n, student_vocab); map_forward: sparse (n_cov, student_vocab); map_back: its transpose;
+        # target_p_t: (n_cov, n) teacher probabilities; target_entropy: (n,) sum P log P
+        mapped = torch.sparse.mm(map_forward, pooled.float().t().contiguous())  # (n_cov, n)
+        cross = (target_p_t * mapped).sum(0)  # (n,) sum_t P_t mapped_t
+        top = mapped.amax(0, keepdim=True)  # (1, n)
+        probs = mapped.sub_(top).exp_()  # (n_cov, n) unnormalised, in place
+        total = probs.sum(0, keepdim=True)  # (1, n)
+        lse = top + total.log()
+        # KL = sum_t P_t (log P_t - mapped_t + lse), with sum_t P_t = 1
+        loss = (target_entropy - cross + lse.squeeze(0)).sum()
+        grad_mapped = probs.div_(total).sub_(target_p_t)  # (n_cov, n) softmax - P, in place
+        ctx.save_for_backward(torch.sparse.mm(map_back, grad_mapped).t())  # (n, student_vocab)
         return loss
 
     @staticmethod
@@ -328,13 +334,13 @@ class ReduceAlignment(Alignment):
                                       check_invariants=True).coalesce()  # a piece used twice in a token: summed
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            self.map_back = coo.to_sparse_csr()  # (n_cov, student_vocab)
-            self.map_t = coo.t().coalesce().to_sparse_csr()  # (student_vocab, n_cov)
+            self.map_forward = coo.to_sparse_csr()  # (n_cov, student_vocab)
+            self.map_back = coo.t().coalesce().to_sparse_csr()  # (student_vocab, n_cov)
         self.chunk_rows = max(1, chunk_elements // (len(cov_ids) * (matrix.shape[1] if pooling == "logsumexp"
                                                                      else 1)))
 
     def to(self, device: torch.device) -> ReduceAlignment:
-        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "map_t", "map_back"):
+        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "map_forward", "map_back"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -399,13 +405,13 @@ class ReduceAlignment(Alignment):
             for start in range(0, n, self.chunk_rows):
                 rows = batch["t_index"][start:start + self.chunk_rows]
                 with torch.no_grad():
-                    t_rows = t_flat[rows[:, None], self.cov_ids[None, :]].float() / temperature  # (n, n_cov)
-                    t_lse = t_rows.logsumexp(-1, keepdim=True)
-                    target = (t_rows - t_lse).exp_()  # teacher probabilities over the covered tokens
-                    entropy = (target * t_rows).sum(-1) - t_lse.squeeze(-1)  # sum P log P
+                    t_rows = t_flat[rows[:, None], self.cov_ids[None, :]].float()  # (n, n_cov)
+                    target = torch.softmax(t_rows.div_(temperature), dim=-1)  # teacher probs over covered tokens
+                    entropy = torch.xlogy(target, target).sum(-1)  # (n,) sum P log P
+                    target = target.t().contiguous()  # (n_cov, n), the layout of the student side
                     del t_rows
-                total = total + _MappedKL.apply(pooled[start:start + self.chunk_rows], self.map_t, self.map_back,
-                                                target, entropy)
+                total = total + _MappedKL.apply(pooled[start:start + self.chunk_rows], self.map_forward,
+                                                self.map_back, target, entropy)
             return total * temperature**2 / n
         for start in range(0, n, self.chunk_rows):
             rows = batch["t_index"][start:start + self.chunk_rows]
@@ -446,9 +452,10 @@ class ReduceAlignment(Alignment):
                 sl = slice(start, start + self.chunk_rows)
                 with torch.no_grad():
                     p_topk = F.softmax(topk_logp[sl].float(), dim=-1)  # (n, k) renormalised over the top-k
-                    target = p_topk.new_zeros(p_topk.shape[0], len(self.cov_ids)).scatter_(1, topk_ids[sl], p_topk)
+                    target = p_topk.new_zeros(len(self.cov_ids), p_topk.shape[0])  # (n_cov, n)
+                    target.scatter_(0, topk_ids[sl].t(), p_topk.t())
                     entropy = torch.xlogy(p_topk, p_topk).sum(-1)
-                total = total + _MappedKL.apply(pooled[sl], self.map_t, self.map_back, target, entropy)
+                total = total + _MappedKL.apply(pooled[sl], self.map_forward, self.map_back, target, entropy)
             return total * temperature**2 / n
         for start in range(0, n, self.chunk_rows):
             sl = slice(start, start + self.chunk_rows)
