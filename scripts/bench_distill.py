@@ -8,7 +8,7 @@ teacher sequence is drawn (85% shared single-piece tokens, 15% multi-piece words
 in student tokens reaches 128 pieces, and the student reads that rewrite (its own tokenisation of
 the same text), so both sides are ~128 tokens long.
 
-Measured in the same process, per step (median of ``--steps`` after one warm-up step):
+Measured in the same process, per step (minimum over ``--steps`` interleaved rounds after a warm-up round):
 
 * ``teacher``: teacher forward (eval, no grad).
 * ``student``: the student passes the method needs (``match``: the masked pass; ``reduce``: the
@@ -23,9 +23,9 @@ the loaded models (``ru_maxrss``). ``--cache`` times a step that fills the top-k
 step that reads it (an epoch is a sequence of such steps, so the ratio is the epoch speed-up).
 
 Usage (numbers in docs/distillation.md):
-    python scripts/bench_distill.py --alignment match reduce --steps 2 --output bench-distill.json
-    python scripts/bench_distill.py --memory --steps 1
-    python scripts/bench_distill.py --cache --steps 2
+    python scripts/bench_distill.py --alignment match reduce --steps 3
+    python scripts/bench_distill.py --memory
+    python scripts/bench_distill.py --cache --steps 3
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import string
 import tempfile
 import time
@@ -126,14 +125,20 @@ def build_models(teacher_vocab: int, student_vocab: int, teacher_layers: int, te
     return teacher, student
 
 
-def timed(fn, steps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed_round_robin(functions: dict, rounds: int) -> dict[str, float]:
+    """Best (minimum) seconds of each function over ``rounds`` interleaved rounds after one warm-up round.
+
+    Interleaving and the minimum make the comparison robust to other jobs loading the shared CPU: every
+    quantity gets the same chances to run on a quiet machine.
+    """
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for round_index in range(rounds + 1):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            if round_index:  # round 0 is the warm-up
+                times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
 
 
 def bench_alignment(name: str, args, teacher, student, tmap, multi_ids) -> dict:
@@ -166,9 +171,8 @@ def bench_alignment(name: str, args, teacher, student, tmap, multi_ids) -> dict:
         losses = module(batch, teacher_logits=t_out.logits, teacher_hidden=t_out.hidden_states)
         losses["loss"].backward()
 
-    t_teacher = timed(teacher_forward, args.steps)
-    t_student = timed(student_only, args.steps)
-    t_full = timed(full_step, args.steps)
+    best = timed_round_robin({"teacher": teacher_forward, "student": student_only, "full": full_step}, args.steps)
+    t_teacher, t_student, t_full = best["teacher"], best["student"], best["full"]
     tokens = int(batch["attention_mask"].sum())
     overhead = t_full - t_teacher - t_student
     return {
@@ -247,8 +251,8 @@ def bench_cache(args, teacher, student, tmap, multi_ids) -> dict:
             assert cached is not None
             module(batch, topk=cached)["loss"].backward()
 
-        t_miss = timed(miss_step, args.steps)
-        t_hit = timed(hit_step, args.steps)
+        best = timed_round_robin({"miss": miss_step, "hit": hit_step}, args.steps)
+        t_miss, t_hit = best["miss"], best["hit"]
     return {"first_epoch_step_s": round(t_miss, 3), "cached_epoch_step_s": round(t_hit, 3),
             "speedup": round(t_miss / t_hit, 2), "k": config.cache_top_k}
 
@@ -256,7 +260,7 @@ def bench_cache(args, teacher, student, tmap, multi_ids) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alignment", nargs="+", default=["match", "reduce"])
-    parser.add_argument("--steps", type=int, default=2, help="Timed steps after one warm-up step.")
+    parser.add_argument("--steps", type=int, default=3, help="Timed rounds after one warm-up round.")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--teacher-vocab", type=int, default=119547)
