@@ -208,7 +208,7 @@ class Alignment:
 
     def kl_topk(self, batch: dict[str, torch.Tensor], student_logits: torch.Tensor, topk_ids: torch.Tensor,
                 topk_logp: torch.Tensor, temperature: float) -> torch.Tensor:
-        """The KL against a cached top-k teacher distribution (see :func:`losses.kl_div_topk`)."""
+        """KL against a cached top-k teacher distribution, both renormalised over those k tokens."""
         raise NotImplementedError
 
     def student_rows(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
@@ -287,7 +287,8 @@ class MatchAlignment(Alignment):
         s_rows = self._student_support_logits(batch, student_logits)  # (n, support)
         if s_rows.shape[0] == 0:
             return student_logits.sum() * 0.0
-        s_logp = F.log_softmax(s_rows.float() / temperature, dim=-1).gather(1, topk_ids)  # (n, k)
+        # Both distributions renormalised over the teacher's top-k (the cached support).
+        s_logp = F.log_softmax(s_rows.float().gather(1, topk_ids) / temperature, dim=-1)  # (n, k)
         return kl_div_topk(s_logp, topk_logp, temperature)
 
     def student_rows(self, batch, hidden):
@@ -435,33 +436,25 @@ class ReduceAlignment(Alignment):
             return empty.long(), empty.float()
         return torch.cat(ids_out), torch.cat(val_out)
 
-    def _kl_topk_chunk(self, pooled, topk_ids, topk_logp, temperature):
+    def kl_topk(self, batch, student_logits, topk_ids, topk_logp, temperature):
         from distilrubert.losses import kl_div_topk
 
-        s_logp = F.log_softmax(self.map_to_teacher(pooled), dim=-1).gather(1, topk_ids)  # (n, k)
-        return kl_div_topk(s_logp, topk_logp, temperature, reduction="sum")
-
-    def kl_topk(self, batch, student_logits, topk_ids, topk_logp, temperature):
-        pooled = self._pooled_logp(batch, student_logits, temperature)
-        n = pooled.shape[0]
-        if n == 0:
+        pooled = self._pooled_logp(batch, student_logits, temperature)  # (n, student_vocab)
+        if pooled.shape[0] == 0:
             return student_logits.sum() * 0.0
-        total = pooled.new_zeros(())
-        if self.pooling in ("sum", "mean"):
-            for start in range(0, n, self.chunk_rows):
-                sl = slice(start, start + self.chunk_rows)
-                with torch.no_grad():
-                    p_topk = F.softmax(topk_logp[sl].float(), dim=-1)  # (n, k) renormalised over the top-k
-                    target = p_topk.new_zeros(len(self.cov_ids), p_topk.shape[0])  # (n_cov, n)
-                    target.scatter_(0, topk_ids[sl].t(), p_topk.t())
-                    entropy = torch.xlogy(p_topk, p_topk).sum(-1)
-                total = total + _MappedKL.apply(pooled[sl], self.map_forward, self.map_back, target, entropy)
-            return total * temperature**2 / n
-        for start in range(0, n, self.chunk_rows):
-            sl = slice(start, start + self.chunk_rows)
-            total = total + checkpoint(self._kl_topk_chunk, pooled[sl], topk_ids[sl], topk_logp[sl], temperature,
-                                       use_reentrant=False)
-        return total / n
+        # Scores of the teacher's k cached tokens only (both distributions renormalised over them): no
+        # (positions, teacher_vocab) tensor at all, which is what makes cached epochs cheap.
+        pad = 0.0 if self.pooling in ("sum", "mean") else float("-inf")
+        padded = torch.cat([pooled, pooled.new_full((pooled.shape[0], 1), pad)], dim=1)  # (n, sv + 1)
+        pieces = self.gather_index[topk_ids]  # (n, k, max_pieces) student ids, pad -> the extra column
+        scores = padded.gather(1, pieces.flatten(1)).view(pieces.shape)  # (n, k, max_pieces)
+        if self.pooling == "logsumexp":
+            scores = scores.logsumexp(-1)
+        else:
+            scores = scores.sum(-1)  # (n, k)
+            if self.pooling == "mean":
+                scores = scores / (pieces < self.n_student).sum(-1).clamp_min(1)
+        return kl_div_topk(F.log_softmax(scores, dim=-1), topk_logp, temperature)
 
     def student_rows(self, batch, hidden):
         # A teacher position's student state = mean of its pieces' states in the rewritten sequence.

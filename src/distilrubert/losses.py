@@ -88,15 +88,16 @@ def kl_log_probs(student_logp: torch.Tensor, teacher_logp: torch.Tensor, tempera
 
 def kl_div_topk(student_logp: torch.Tensor, teacher_topk_logp: torch.Tensor,
                 temperature: float = 2.0, reduction: str = "mean") -> torch.Tensor:
-    """KL from a cached top-k teacher distribution to the student (``x T**2``).
+    """KL on the support of a cached top-k teacher distribution (``x T**2``).
 
-    The teacher's top-k probabilities are renormalised to sum to one (the support of the cached
-    distribution is its top-k set); the student's log-probabilities are those of its *full* softened
-    distribution, gathered at the same k tokens. So the value is ``sum_k p~_k (log p~_k - log q_k)``,
-    which is ``>= 0`` and equals the full KL when the teacher's mass outside the top-k is zero.
+    The teacher's top-k probabilities are renormalised to sum to one, and so must be the student's
+    log-probabilities over the same k tokens (the callers take a log-softmax over the k gathered
+    scores): ``sum_k p~_k (log p~_k - log q~_k)``. It equals the full KL when the teacher's mass
+    outside its top-k is zero; otherwise it ignores where the student puts its mass outside those k
+    tokens (the MLM loss and the uncached steps still shape that part).
 
     Args:
-        student_logp: ``(n, k)`` student log-probabilities at temperature ``T`` at the teacher's top-k ids.
+        student_logp: ``(n, k)`` student log-probabilities renormalised over the teacher's top-k ids.
         teacher_topk_logp: ``(n, k)`` teacher log-probabilities at temperature ``T`` (any normalisation).
         temperature: ``T`` (only the ``T**2`` factor is applied here; both inputs are already softened).
         reduction: ``"mean"`` over rows, or ``"sum"``.
