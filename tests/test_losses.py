@@ -46,7 +46,7 @@ def test_topk_kl_renormalises_both_sides_over_the_topk():
     q = torch.softmax(student_scores / temperature, dim=-1)
     expected = float((teacher_p * (teacher_p.log() - q.log())).sum()) * temperature**2
     got = kl_div_topk(torch.log_softmax(student_scores / temperature, dim=-1), (teacher_p * 5).log(), temperature)
-    assert float(got) == pytest.approx(expected, rel=1e-6)
+    assert float(got) == pytest.approx(expected, rel=1e-4)
 
 
 def test_hidden_losses_by_hand():
