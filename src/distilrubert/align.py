@@ -119,35 +119,44 @@ def pool_rows(values: torch.Tensor, owner: torch.Tensor, n_rows: int, pooling: s
 
 
 class _MappedKL(torch.autograd.Function):
-    """Sum over rows of ``KL(P || softmax(map @ pooled))`` with its gradient computed in the forward pass.
+    """Sum over aligned positions of ``KL(P_teacher || softmax(map @ pooled))``, gradient made in the forward.
 
-    ``map`` is the sparse ``(n_covered, student_vocab)`` matrix of the linear (sum / mean) reduce map.
-    The gradient with respect to the mapped scores is ``softmax(mapped) - P``, so the forward pass hands
-    back ``map.T @ (softmax(mapped) - P)`` at once: nothing of size ``(rows, teacher_vocab)`` is kept for
-    the backward pass and nothing is recomputed. Everything runs in the ``(teacher_vocab, rows)`` layout
-    that sparse-times-dense products produce, so no large transposed copy of the student side is made.
+    ``map`` is the sparse ``(n_covered, student_vocab)`` matrix of the linear (sum / mean) reduce map. The
+    gradient with respect to the mapped scores is ``softmax(mapped) - P``, so each chunk of positions
+    hands back ``map.T @ (softmax(mapped) - P)`` at once: nothing of size ``(positions, teacher_vocab)``
+    outlives its chunk, nothing is recomputed, and the backward pass is one multiplication. The student
+    side runs in the ``(teacher_vocab, positions)`` layout that sparse-times-dense products produce.
     """
 
     @staticmethod
-    def forward(ctx, pooled, map_forward, map_back, target_p_t, target_entropy):
-        # pooled: (n, student_vocab); map_forward: sparse (n_cov, student_vocab); map_back: its transpose;
-        # target_p_t: (n_cov, n) teacher probabilities; target_entropy: (n,) sum P log P
-        mapped = torch.sparse.mm(map_forward, pooled.float().t().contiguous())  # (n_cov, n)
-        cross = (target_p_t * mapped).sum(0)  # (n,) sum_t P_t mapped_t
-        top = mapped.amax(0, keepdim=True)  # (1, n)
-        probs = mapped.sub_(top).exp_()  # (n_cov, n) unnormalised, in place
-        total = probs.sum(0, keepdim=True)  # (1, n)
-        lse = top + total.log()
-        # KL = sum_t P_t (log P_t - mapped_t + lse), with sum_t P_t = 1
-        loss = (target_entropy - cross + lse.squeeze(0)).sum()
-        grad_mapped = probs.div_(total).sub_(target_p_t)  # (n_cov, n) softmax - P, in place
-        ctx.save_for_backward(torch.sparse.mm(map_back, grad_mapped).t())  # (n, student_vocab)
+    def forward(ctx, pooled, map_forward, map_back, teacher_flat, rows, cov_ids, temperature, chunk):
+        # pooled: (n, student_vocab) student log-probs; teacher_flat: (batch * t_len, teacher_vocab) logits;
+        # rows: (n,) flat teacher positions; map_forward: sparse (n_cov, student_vocab); map_back: its transpose
+        loss = pooled.new_zeros((), dtype=torch.float32)
+        grads = []
+        for start in range(0, pooled.shape[0], chunk):
+            t_rows = teacher_flat[rows[start:start + chunk, None], cov_ids[None, :]].float()  # (c, n_cov)
+            t_logp = F.log_softmax(t_rows.div_(temperature), dim=-1)  # teacher over the covered tokens
+            target = t_logp.exp()  # (c, n_cov)
+            entropy = (target * t_logp).sum(-1)  # (c,) sum P log P
+            del t_rows, t_logp
+            target = target.t().contiguous()  # (n_cov, c)
+            mapped = torch.sparse.mm(map_forward, pooled[start:start + chunk].float().t().contiguous())  # (n_cov, c)
+            cross = (target * mapped).sum(0)  # (c,) sum_t P_t mapped_t
+            top = mapped.amax(0, keepdim=True)  # (1, c)
+            probs = mapped.sub_(top).exp_()  # (n_cov, c) unnormalised, in place
+            total = probs.sum(0, keepdim=True)
+            # KL = sum_t P_t (log P_t - mapped_t + lse), with sum_t P_t = 1
+            loss += (entropy - cross + (top + total.log()).squeeze(0)).sum()
+            grad_mapped = probs.div_(total).sub_(target)  # (n_cov, c) softmax - P, in place
+            grads.append(torch.sparse.mm(map_back, grad_mapped).t())  # (c, student_vocab)
+        ctx.save_for_backward(torch.cat(grads).to(pooled.dtype))
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad_pooled,) = ctx.saved_tensors
-        return grad_pooled * grad_output, None, None, None, None
+        return grad_pooled * grad_output, None, None, None, None, None, None, None
 
 
 def _pad(seqs: Sequence[np.ndarray], value: int) -> np.ndarray:
@@ -403,16 +412,8 @@ class ReduceAlignment(Alignment):
         t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (batch * t_len, teacher_vocab)
         total = pooled.new_zeros(())
         if self.pooling in ("sum", "mean"):
-            for start in range(0, n, self.chunk_rows):
-                rows = batch["t_index"][start:start + self.chunk_rows]
-                with torch.no_grad():
-                    t_rows = t_flat[rows[:, None], self.cov_ids[None, :]].float()  # (n, n_cov)
-                    target = torch.softmax(t_rows.div_(temperature), dim=-1)  # teacher probs over covered tokens
-                    entropy = torch.xlogy(target, target).sum(-1)  # (n,) sum P log P
-                    target = target.t().contiguous()  # (n_cov, n), the layout of the student side
-                    del t_rows
-                total = total + _MappedKL.apply(pooled[start:start + self.chunk_rows], self.map_forward,
-                                                self.map_back, target, entropy)
+            total = _MappedKL.apply(pooled, self.map_forward, self.map_back, t_flat.detach(), batch["t_index"],
+                                    self.cov_ids, temperature, self.chunk_rows)
             return total * temperature**2 / n
         for start in range(0, n, self.chunk_rows):
             rows = batch["t_index"][start:start + self.chunk_rows]

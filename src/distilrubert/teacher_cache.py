@@ -8,7 +8,8 @@ written to memory-mapped files; a batch whose sequences are all cached skips the
 
 The KL against the cache is taken on the top-k support (:func:`distilrubert.losses.kl_div_topk`): the
 teacher's k probabilities and the student's softened scores of the same k tokens, both renormalised
-over them (so a cached step never touches the full teacher vocabulary). Storage: ``k x (4 + 2)`` bytes per teacher token (int32 id + float16 log-prob).
+over them (so a cached step never touches the full teacher vocabulary). Storage: ``k x (4 + 2)``
+bytes per teacher token (int32 id + float16 log-prob).
 Hidden-state and attention losses need the teacher's states, which are not cached: the cache
 requires ``--alpha-hidden 0 --alpha-attention 0``.
 """
