@@ -8,6 +8,9 @@ and reports requests/s, errors and latency percentiles for both, plus the throug
         --output load_test.json
 
 Client and server share the machine's cores; the numbers are for this setting, not a server's capacity.
+``--client wrk`` drives the load with wrk (a C load generator: ``apt-get install wrk``), one connection
+per client and one request in flight per connection, so the clients take far less of the shared CPU than
+Python asyncio clients do.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -96,6 +101,45 @@ async def load(port: int, texts: list[str], clients: int, seconds: float) -> dic
             "p99_ms": float(np.percentile(arr, 99))}
 
 
+WRK_SCRIPT = """
+local bodies, i = {}, 0
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+end
+function request()
+  i = i % #bodies + 1
+  return wrk.format("POST", "/embed", {["Content-Type"] = "application/json"}, bodies[i])
+end
+"""
+
+
+def load_wrk(port: int, texts: list[str], clients: int, seconds: float) -> dict:
+    """The same load through wrk: ``clients`` connections, each sending one text a request."""
+    workdir = Path(tempfile.mkdtemp(prefix="distilrubert-wrk-"))
+    (workdir / "bodies.jsonl").write_text("".join(json.dumps({"texts": [t]}, ensure_ascii=False) + "\n"
+                                                  for t in texts), encoding="utf-8")
+    (workdir / "embed.lua").write_text(WRK_SCRIPT, encoding="utf-8")
+    url = f"http://127.0.0.1:{port}"
+    httpx.post(f"{url}/embed", json={"texts": [texts[0]]}, timeout=30)  # warm-up
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(clients), "-d", f"{seconds:g}s", "--latency",
+                          "-s", str(workdir / "embed.lua"), url, "--", str(workdir / "bodies.jsonl")],
+                         capture_output=True, text=True, check=True).stdout
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors
+                                                           else 0)
+    return {"client": "wrk", "requests": requests, "errors": errors, "seconds": seconds,
+            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": ms("50"), "p90_ms": ms("90"), "p99_ms": ms("99"), "wrk_output": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     model = parser.add_mutually_exclusive_group(required=True)
@@ -105,19 +149,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentences", required=True, help="Text file, one sentence a line.")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--client", choices=["python", "wrk"], default="python",
+                        help="Load generator: asyncio httpx clients, or wrk (lighter; must be installed).")
     parser.add_argument("--output", default=None, help="Write the JSON report here.")
     parser.add_argument("server_args", nargs="*", help="Extra `serve` flags after `--` (e.g. --backend onnx).")
     args = parser.parse_args(argv)
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        parser.error("--client wrk: wrk is not installed (apt-get install wrk)")
     texts = [t.strip() for t in Path(args.sentences).read_text(encoding="utf-8").splitlines() if t.strip()]
     if args.preset:
         args.model = build_preset_model(args.preset, args.sentences)
-    report = {"clients": args.clients, "seconds": args.seconds, "server_args": args.server_args,
+    report = {"clients": args.clients, "client": args.client, "seconds": args.seconds,
+              "server_args": args.server_args,
               "cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": list(os.getloadavg())}
     for batching in (True, False):
         port = free_port()
         proc = start_server(args.model, port, batching, args.server_args)
         try:
-            result = asyncio.run(load(port, texts, args.clients, args.seconds))
+            if args.client == "wrk":
+                result = load_wrk(port, texts, args.clients, args.seconds)
+            else:
+                result = asyncio.run(load(port, texts, args.clients, args.seconds))
             result["server_metrics"] = httpx.get(f"http://127.0.0.1:{port}/metrics?format=json").json()
         finally:
             proc.terminate()

@@ -35,6 +35,10 @@ COMMANDS: tuple[Command, ...] = (
             "distilrubert.vocab:BuildVocabConfig", "distilrubert.vocab:run"),
     Command("init-student", "Create a DistilBERT student for a vocabulary, initialised from a BERT teacher.",
             "distilrubert.student_init:InitStudentConfig", "distilrubert.student_init:run"),
+    Command("distill", "Distil a BERT teacher into a student with a different vocabulary (match or reduce alignment).",
+            "distilrubert.distill:DistillConfig", "distilrubert.distill:run"),
+    Command("pretrain", "Masked-LM training from scratch (BERT or DistilBERT of any shape) with the same loop.",
+            "distilrubert.pretrain:PretrainConfig", "distilrubert.pretrain:run"),
     Command("finetune", "Fine-tune a model on sentiment, paraphrase, NER or QA (the paper's tasks).",
             "distilrubert.tasks.finetune:FinetuneConfig", "distilrubert.tasks.finetune:run"),
     Command("convert-ner", "Convert factRuEval character-span NER (factru.json) to CoNLL IOB2 train/eval files.",
@@ -58,7 +62,14 @@ def _load(target: str):
 
 def _find_command(argv: Sequence[str]) -> Command | None:
     names = {c.name: c for c in COMMANDS}
+    skip = False
     for arg in argv:
+        if skip:  # the value of a top-level option such as `--log-level WARNING`
+            skip = False
+            continue
+        if arg == "--log-level":
+            skip = True
+            continue
         if not arg.startswith("-"):
             return names.get(arg)
     return None

@@ -1,0 +1,299 @@
+"""Distillation throughput, alignment/loss overhead, reduce-alignment memory and teacher-cache speed-up.
+
+A synthetic setup of the paper's scale: a random 12-layer, 768-hidden BERT teacher with a
+119,547-token vocabulary and the 5K student (DistilBERT 3 x 264, 12 heads, FFN 792). The two
+vocabularies are synthetic but shaped like the real pair: the teacher vocabulary holds every student
+token (the intersection) plus words spelled with 2-4 student pieces. A batch is 32 sequences; each
+teacher sequence is drawn (85% shared single-piece tokens, 15% multi-piece words) until its rewrite
+in student tokens reaches 128 pieces, and the student reads that rewrite (its own tokenisation of
+the same text), so both sides are ~128 tokens long.
+
+Measured in the same process, per step (minimum over ``--steps`` interleaved rounds after a warm-up round):
+
+* ``teacher``: teacher forward (eval, no grad).
+* ``student``: the student passes the method needs (``match``: the masked pass; ``reduce``: the
+  masked pass and the unmasked pass over the rewritten teacher sequence), forward + MLM loss
+  (a plain mean of the second pass's logits for ``reduce``) + backward.
+* ``full``: the real distillation step (teacher forward + ``DistillModule`` forward with KL, MLM and
+  hidden losses + backward).
+* overhead = ``full - teacher - student``, reported as a share of ``teacher + student``.
+
+``--memory`` runs the ``reduce`` step alone and reports the peak resident memory it adds on top of
+the loaded models (``ru_maxrss``). ``--cache`` times a step that fills the top-k teacher cache and a
+step that reads it (an epoch is a sequence of such steps, so the ratio is the epoch speed-up).
+
+Usage (numbers in docs/distillation.md):
+    python scripts/bench_distill.py --alignment match reduce --steps 3
+    python scripts/bench_distill.py --memory
+    python scripts/bench_distill.py --cache --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import string
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distilrubert.align import make_alignment
+from distilrubert.distill import DistillConfig, DistillModule
+from distilrubert.losses import layer_pairs, mlm_loss
+from distilrubert.tokenmap import TokenMap
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+LETTERS = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя" + "АБВГДЕЖЗИКЛМНОПРСТ" + string.digits
+
+
+def synthetic_vocabs(student_size: int, teacher_size: int, seed: int = 0) -> tuple[dict, dict, np.ndarray]:
+    """Student and teacher ``token -> id`` maps and the ids of the teacher's multi-piece words."""
+    rng = np.random.default_rng(seed)
+    student = list(SPECIALS) + list(LETTERS) + ["##" + c for c in LETTERS]
+    seen = set(student)
+    while len(student) < student_size:
+        body = "".join(rng.choice(list(LETTERS[:33]), size=int(rng.integers(2, 6))))
+        token = body if rng.random() < 0.45 else "##" + body
+        if token not in seen:
+            seen.add(token)
+            student.append(token)
+    initial = [t for t in student[5:] if not t.startswith("##")]
+    cont = [t for t in student[5:] if t.startswith("##")]
+    teacher = list(student)
+    tseen = set(teacher)
+    while len(teacher) < teacher_size:
+        n = int(rng.integers(2, 5))
+        word = initial[int(rng.integers(len(initial)))] + "".join(
+            cont[int(rng.integers(len(cont)))][2:] for _ in range(n - 1))
+        if word not in tseen:
+            tseen.add(word)
+            teacher.append(word)
+    return ({t: i for i, t in enumerate(teacher)}, {t: i for i, t in enumerate(student)},
+            np.arange(len(student), len(teacher)))
+
+
+def synthetic_batch(tmap: TokenMap, alignment, multi_ids: np.ndarray, batch: int, length: int, seed: int):
+    """One collated batch (torch tensors) as the data pipeline would produce it."""
+    rng = np.random.default_rng(seed)
+    shared = np.arange(5 + len(LETTERS) * 2, len(tmap.student_tokens))
+    t_seqs, s_seqs = [], []
+    for _ in range(batch):
+        ids, pieces = [2], 1
+        while True:
+            tok = int(rng.choice(multi_ids) if rng.random() < 0.15 else rng.choice(shared))
+            if pieces + tmap.lengths[tok] + 1 > length:
+                break
+            ids.append(tok)
+            pieces += int(tmap.lengths[tok])
+        ids.append(3)
+        t_ids = np.asarray(ids, dtype=np.int64)
+        t_seqs.append(t_ids)
+        s_seqs.append(tmap.rewrite(t_ids)[0])
+    t_width, s_width = max(map(len, t_seqs)), max(map(len, s_seqs))
+    out = {"teacher_input_ids": np.zeros((batch, t_width), np.int64), "input_ids": np.zeros((batch, s_width), np.int64)}
+    out["teacher_attention_mask"] = np.zeros_like(out["teacher_input_ids"])
+    out["attention_mask"] = np.zeros_like(out["input_ids"])
+    for b, (t, s) in enumerate(zip(t_seqs, s_seqs, strict=True)):
+        out["teacher_input_ids"][b, : len(t)] = t
+        out["teacher_attention_mask"][b, : len(t)] = 1
+        out["input_ids"][b, : len(s)] = s
+        out["attention_mask"][b, : len(s)] = 1
+    chosen = (rng.random(out["input_ids"].shape) < 0.15) & (out["attention_mask"] == 1)
+    labels = np.where(chosen, out["input_ids"], -100)
+    out["labels"] = labels
+    out["input_ids"] = np.where(labels != -100, 4, out["input_ids"])
+    out["seq_index"] = np.arange(batch)
+    out.update(alignment.collate(t_seqs, s_seqs, t_width, s_width))
+    return {k: torch.as_tensor(v) for k, v in out.items()}, t_seqs
+
+
+def build_models(teacher_vocab: int, student_vocab: int, teacher_layers: int, teacher_dim: int):
+    from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+
+    torch.manual_seed(0)
+    teacher = BertForMaskedLM(BertConfig(vocab_size=teacher_vocab, hidden_size=teacher_dim,
+                                         num_hidden_layers=teacher_layers, num_attention_heads=12,
+                                         intermediate_size=4 * teacher_dim)).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = DistilBertForMaskedLM(DistilBertConfig(vocab_size=student_vocab, dim=264, n_layers=3, n_heads=12,
+                                                     hidden_dim=792))
+    return teacher, student
+
+
+def timed_round_robin(functions: dict, rounds: int) -> dict[str, float]:
+    """Best (minimum) seconds of each function over ``rounds`` interleaved rounds after one warm-up round.
+
+    Interleaving and the minimum make the comparison robust to other jobs loading the shared CPU: every
+    quantity gets the same chances to run on a quiet machine.
+    """
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for round_index in range(rounds + 1):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            if round_index:  # round 0 is the warm-up
+                times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+def bench_alignment(name: str, args, teacher, student, tmap, multi_ids) -> dict:
+    config = DistillConfig(teacher="synthetic", student="synthetic", corpus=["synthetic"], output="unused",
+                           alignment=name)
+    alignment = make_alignment(name, tmap, 0, config.pooling)
+    pairs = layer_pairs(config.layer_mapping, 3, args.teacher_layers)
+    module = DistillModule(student, alignment, config, pairs, args.teacher_dim)
+    module._teacher_layers = args.teacher_layers
+    batch, _ = synthetic_batch(tmap, alignment, multi_ids, args.batch_size, args.length, seed=1)
+
+    def teacher_forward():
+        with torch.no_grad():
+            return teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                           output_hidden_states=True)
+
+    def student_only():
+        module.zero_grad(set_to_none=True)
+        out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = mlm_loss(out.logits, batch["labels"])
+        if name == "reduce":
+            second = student(input_ids=batch["reduce_input_ids"], attention_mask=batch["reduce_attention_mask"],
+                             output_hidden_states=True)
+            loss = loss + second.logits.float().mean()
+        loss.backward()
+
+    def full_step():
+        module.zero_grad(set_to_none=True)
+        t_out = teacher_forward()
+        losses = module(batch, teacher_logits=t_out.logits, teacher_hidden=t_out.hidden_states)
+        losses["loss"].backward()
+
+    best = timed_round_robin({"teacher": teacher_forward, "student": student_only, "full": full_step}, args.steps)
+    t_teacher, t_student, t_full = best["teacher"], best["student"], best["full"]
+    tokens = int(batch["attention_mask"].sum())
+    overhead = t_full - t_teacher - t_student
+    return {
+        "alignment": name, "teacher_shape": list(batch["teacher_input_ids"].shape),
+        "student_shape": list(batch["input_ids"].shape), "aligned_positions": len(batch["t_index"]),
+        "teacher_forward_s": round(t_teacher, 3), "student_fwd_bwd_s": round(t_student, 3),
+        "full_step_s": round(t_full, 3), "overhead_s": round(overhead, 3),
+        "overhead_share": round(overhead / (t_teacher + t_student), 3),
+        "student_tokens_per_s": round(tokens / t_full, 1),
+    }
+
+
+def bench_memory(args, teacher, student, tmap, multi_ids) -> dict:
+    config = DistillConfig(teacher="synthetic", student="synthetic", corpus=["synthetic"], output="unused",
+                           alignment="reduce")
+    alignment = make_alignment("reduce", tmap, 0, config.pooling)
+    pairs = layer_pairs(config.layer_mapping, 3, args.teacher_layers)
+    module = DistillModule(student, alignment, config, pairs, args.teacher_dim)
+    batch, _ = synthetic_batch(tmap, alignment, multi_ids, args.batch_size, args.length, seed=1)
+    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 - MiB on Linux
+    base = rss()
+    with torch.no_grad():
+        t_out = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                        output_hidden_states=True)
+    after_teacher = rss()
+    losses = module(batch, teacher_logits=t_out.logits, teacher_hidden=t_out.hidden_states)
+    losses["loss"].backward()
+    after_step = rss()
+    n, vocab = len(batch["t_index"]), len(tmap.teacher_tokens)
+    return {
+        "models_and_batch_peak_mib": round(base), "teacher_forward_adds_mib": round(after_teacher - base),
+        "full_reduce_step_adds_mib": round(after_step - base),
+        "teacher_logits_mib": round(t_out.logits.numel() * 4 / 2**20),
+        "one_dense_positions_x_teacher_vocab_fp32_mib": round(n * vocab * 4 / 2**20),
+        "aligned_positions": n, "chunk_rows": alignment.chunk_rows,
+    }
+
+
+class _Store:
+    """The part of a SequenceStore the teacher cache reads."""
+
+    def __init__(self, teacher: np.ndarray, teacher_offsets: np.ndarray) -> None:
+        self.teacher = teacher
+        self.teacher_offsets = teacher_offsets
+
+    def __len__(self) -> int:
+        return len(self.teacher_offsets) - 1
+
+
+def bench_cache(args, teacher, student, tmap, multi_ids) -> dict:
+    from distilrubert.teacher_cache import TeacherCache
+
+    config = DistillConfig(teacher="synthetic", student="synthetic", corpus=["synthetic"], output="unused",
+                           alignment="reduce", alpha_hidden=0.0, cache_teacher="top-k")
+    alignment = make_alignment("reduce", tmap, 0, config.pooling)
+    module = DistillModule(student, alignment, config, [], args.teacher_dim)
+    batch, t_seqs = synthetic_batch(tmap, alignment, multi_ids, args.batch_size, args.length, seed=1)
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in t_seqs])])
+    store = _Store(np.zeros(int(offsets[-1]), np.int32), offsets)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = TeacherCache(Path(tmp), store, config.cache_top_k, True, {"bench": 1})
+        cache.open()
+
+        def miss_step():  # first epoch: teacher forward, store the top-k, train on it
+            cache.filled[:] = 0
+            module.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                t_out = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"])
+            ids, logp = alignment.teacher_topk(batch, t_out.logits, config.temperature, cache.k)
+            cache.put(batch, ids, logp)
+            module(batch, topk=(ids, logp))["loss"].backward()
+
+        def hit_step():  # later epochs: read the top-k from disk, no teacher
+            module.zero_grad(set_to_none=True)
+            cached = cache.get(batch)
+            assert cached is not None
+            module(batch, topk=cached)["loss"].backward()
+
+        best = timed_round_robin({"miss": miss_step, "hit": hit_step}, args.steps)
+        t_miss, t_hit = best["miss"], best["hit"]
+    return {"first_epoch_step_s": round(t_miss, 3), "cached_epoch_step_s": round(t_hit, 3),
+            "speedup": round(t_miss / t_hit, 2), "k": config.cache_top_k}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alignment", nargs="+", default=["match", "reduce"])
+    parser.add_argument("--steps", type=int, default=3, help="Timed rounds after one warm-up round.")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--teacher-vocab", type=int, default=119547)
+    parser.add_argument("--student-vocab", type=int, default=5000)
+    parser.add_argument("--teacher-layers", type=int, default=12)
+    parser.add_argument("--teacher-dim", type=int, default=768)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory", action="store_true", help="Only measure the reduce step's peak memory.")
+    parser.add_argument("--cache", action="store_true", help="Only measure the teacher-cache speed-up.")
+    parser.add_argument("--output", type=Path, default=None, help="Also write the results as JSON here.")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    teacher_vocab, student_vocab, multi_ids = synthetic_vocabs(args.student_vocab, args.teacher_vocab)
+    tmap = TokenMap.from_vocabs(teacher_vocab, student_vocab)
+    teacher, student = build_models(len(teacher_vocab), len(student_vocab), args.teacher_layers, args.teacher_dim)
+    result = {"setup": {"teacher": f"BERT {args.teacher_layers}x{args.teacher_dim}, vocab {len(teacher_vocab)}",
+                        "student": f"DistilBERT 3x264, vocab {len(student_vocab)}",
+                        "batch": f"{args.batch_size} x <= {args.length}", "threads": args.threads,
+                        "token_map": tmap.stats()}}
+    if args.memory:
+        result["memory"] = bench_memory(args, teacher, student, tmap, multi_ids)
+    elif args.cache:
+        result["cache"] = bench_cache(args, teacher, student, tmap, multi_ids)
+    else:
+        result["throughput"] = [bench_alignment(name, args, teacher, student, tmap, multi_ids)
+                                for name in args.alignment]
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    text = json.dumps(result, ensure_ascii=False, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,473 @@
+"""The two vocabulary alignments of the paper (REFERENCE 2.4): where teacher and student outputs meet.
+
+Both alignments implement one interface, so the training loop and the losses never branch on the
+alignment's name:
+
+* :meth:`Alignment.collate` (numpy, in the data step) records for a batch which teacher positions are
+  *aligned* (``t_index``: flat indices into ``batch x teacher_length``) and what the student side
+  needs to produce one row per aligned position.
+* :meth:`Alignment.student_outputs` returns the student forward pass whose logits / hidden states meet
+  the teacher: ``match`` reuses the student's masked pass over its own tokenisation; ``reduce`` runs
+  a second, unmasked pass over the teacher sequence rewritten in student tokens (what the released
+  code does).
+* :meth:`Alignment.kl` / :meth:`Alignment.kl_topk` compute ``KL x T^2`` over the alignment's support
+  from full teacher logits or from a cached top-k; :meth:`Alignment.teacher_topk` builds that cache.
+* :meth:`Alignment.student_rows` / :meth:`Alignment.teacher_rows` pick the aligned hidden states.
+
+``match``: monotonic greedy matching of identical token strings (:func:`match_positions`); the KL is
+over the vocabulary intersection, both distributions renormalised over it.
+
+``reduce``: the teacher sequence is rewritten in student tokens through the token map; the student's
+log-probabilities (at temperature ``T``) over the pieces of each teacher position are pooled
+(``sum`` / ``mean`` / ``logsumexp``), then mapped into the teacher vocabulary: the score of teacher
+token ``t`` is the same pooling of the pooled log-probabilities of ``t``'s pieces. The KL runs over the
+covered teacher tokens. With a 120K teacher vocabulary the ``(positions, teacher_vocab)`` matrices are
+built chunk by chunk under activation checkpointing (recomputed in the backward pass), so memory stays
+at one chunk; the sum/mean map is an ``embedding_bag`` over the padded teacher-to-student matrix, the
+logsumexp map a gather from it: no dense one-hot matrix anywhere.
+"""
+
+from __future__ import annotations
+
+import bisect
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from distilrubert.losses import kl_log_probs
+
+__all__ = ["ALIGNMENTS", "POOLINGS", "Alignment", "MatchAlignment", "ReduceAlignment", "make_alignment",
+           "match_positions", "match_positions_ids", "pool_rows"]
+
+ALIGNMENTS = ("match", "reduce")
+POOLINGS = ("sum", "mean", "logsumexp")
+
+
+def match_positions(teacher_tokens: Sequence[Any], student_tokens: Sequence[Any]) -> list[tuple[int, int]]:
+    """Monotonic greedy matching of identical tokens between two tokenisations of one text.
+
+    Walk the teacher tokens in order; for each, take the first identical student token after the last
+    matched student position; a teacher token with no such student token is skipped.
+
+    Args:
+        teacher_tokens: The teacher's tokens (strings, or ids in a shared id space).
+        student_tokens: The student's tokens.
+
+    Returns:
+        ``(teacher_position, student_position)`` pairs, increasing in both.
+
+    >>> match_positions(["[CLS]", "при", "##вет", "мир", "[SEP]"], ["[CLS]", "привет", "мир", "[SEP]"])
+    [(0, 0), (3, 2), (4, 3)]
+    """
+    where: dict[Any, list[int]] = {}
+    for j, tok in enumerate(student_tokens):
+        where.setdefault(tok, []).append(j)
+    pairs: list[tuple[int, int]] = []
+    last = -1
+    for i, tok in enumerate(teacher_tokens):
+        places = where.get(tok)
+        if not places:
+            continue
+        k = bisect.bisect_right(places, last)
+        if k < len(places):
+            last = places[k]
+            pairs.append((i, last))
+    return pairs
+
+
+def match_positions_ids(teacher_ids: np.ndarray, student_ids: np.ndarray,
+                        teacher_to_shared: np.ndarray) -> list[tuple[int, int]]:
+    """:func:`match_positions` on ids: ``teacher_to_shared[t]`` is the student id spelled like ``t`` or -1."""
+    shared = teacher_to_shared[np.asarray(teacher_ids, dtype=np.int64)]  # (lt,) student ids or -1
+    return match_positions([int(x) if x >= 0 else None for x in shared], [int(x) for x in student_ids])
+
+
+def pool_rows(values: torch.Tensor, owner: torch.Tensor, n_rows: int, pooling: str) -> torch.Tensor:
+    """Pool rows of ``values`` into ``n_rows`` groups: ``out[g] = pool(values[owner == g])``.
+
+    Args:
+        values: ``(n, d)`` rows (e.g. student log-probabilities of each piece).
+        owner: ``(n,)`` int64 group of each row, ``-1`` = ignore.
+        n_rows: Number of groups.
+        pooling: ``sum`` | ``mean`` | ``logsumexp``.
+
+    Returns:
+        ``(n_rows, d)``; groups without rows are zeros (``-inf`` for ``logsumexp``).
+    """
+    keep = owner >= 0
+    values, owner = values[keep], owner[keep]  # (n', d), (n',)
+    d = values.shape[-1]
+    if pooling in ("sum", "mean"):
+        out = values.new_zeros(n_rows, d).index_add(0, owner, values)  # (n_rows, d)
+        if pooling == "mean":
+            counts = torch.bincount(owner, minlength=n_rows).clamp_min(1).to(values.dtype)  # (n_rows,)
+            out = out / counts[:, None]
+        return out
+    if pooling == "logsumexp":
+        # Stable log-sum-exp per group: subtract the group's max before exponentiating.
+        neg_inf = torch.full((n_rows, d), float("-inf"), dtype=values.dtype, device=values.device)
+        top = neg_inf.scatter_reduce(0, owner[:, None].expand_as(values), values.detach(), "amax")  # (n_rows, d)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        summed = values.new_zeros(n_rows, d).index_add(0, owner, (values - top[owner]).exp())  # (n_rows, d)
+        return summed.log() + top
+    raise ValueError(f"--pooling: unknown pooling {pooling!r} (sum, mean, logsumexp)")
+
+
+class _MappedKL(torch.autograd.Function):
+    """Sum over aligned positions of ``KL(P_teacher || softmax(map @ pooled))``, gradient made in the forward.
+
+    ``map`` is the sparse ``(n_covered, student_vocab)`` matrix of the linear (sum / mean) reduce map. The
+    gradient with respect to the mapped scores is ``softmax(mapped) - P``, so each chunk of positions
+    hands back ``map.T @ (softmax(mapped) - P)`` at once: nothing of size ``(positions, teacher_vocab)``
+    outlives its chunk, nothing is recomputed, and the backward pass is one multiplication. The student
+    side runs in the ``(teacher_vocab, positions)`` layout that sparse-times-dense products produce.
+    """
+
+    @staticmethod
+    def forward(ctx, pooled, map_forward, map_back, teacher_flat, rows, cov_ids, temperature, chunk):
+        # pooled: (n, student_vocab) student log-probs; teacher_flat: (batch * t_len, teacher_vocab) logits;
+        # rows: (n,) flat teacher positions; map_forward: sparse (n_cov, student_vocab); map_back: its transpose
+        loss = pooled.new_zeros((), dtype=torch.float32)
+        grads = []
+        for start in range(0, pooled.shape[0], chunk):
+            t_rows = teacher_flat[rows[start:start + chunk, None], cov_ids[None, :]].float()  # (c, n_cov)
+            t_logp = F.log_softmax(t_rows.div_(temperature), dim=-1)  # teacher over the covered tokens
+            target = t_logp.exp()  # (c, n_cov)
+            entropy = (target * t_logp).sum(-1)  # (c,) sum P log P
+            del t_rows, t_logp
+            target = target.t().contiguous()  # (n_cov, c)
+            mapped = torch.sparse.mm(map_forward, pooled[start:start + chunk].float().t().contiguous())  # (n_cov, c)
+            cross = (target * mapped).sum(0)  # (c,) sum_t P_t mapped_t
+            top = mapped.amax(0, keepdim=True)  # (1, c)
+            probs = mapped.sub_(top).exp_()  # (n_cov, c) unnormalised, in place
+            total = probs.sum(0, keepdim=True)
+            # KL = sum_t P_t (log P_t - mapped_t + lse), with sum_t P_t = 1
+            loss += (entropy - cross + (top + total.log()).squeeze(0)).sum()
+            grad_mapped = probs.div_(total).sub_(target)  # (n_cov, c) softmax - P, in place
+            grads.append(torch.sparse.mm(map_back, grad_mapped).t())  # (c, student_vocab)
+        ctx.save_for_backward(torch.cat(grads).to(pooled.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad_pooled,) = ctx.saved_tensors
+        return grad_pooled * grad_output, None, None, None, None, None, None, None
+
+
+def _pad(seqs: Sequence[np.ndarray], value: int) -> np.ndarray:
+    width = max((len(s) for s in seqs), default=0)
+    out = np.full((len(seqs), max(width, 1)), value, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out
+
+
+class Alignment:
+    """Common interface of the alignments (see the module docstring).
+
+    Args:
+        token_map: A :class:`distilrubert.tokenmap.TokenMap` of the teacher and student vocabularies.
+        student_pad_id: The student's ``[PAD]`` id.
+    """
+
+    name = "base"
+
+    def __init__(self, token_map, student_pad_id: int) -> None:
+        self.token_map = token_map
+        self.student_pad_id = int(student_pad_id)
+
+    # numpy side --------------------------------------------------------------------------------
+    def collate(self, teacher_seqs: Sequence[np.ndarray], student_seqs: Sequence[np.ndarray],
+                teacher_width: int, student_width: int) -> dict[str, np.ndarray]:
+        """Extra batch arrays for this alignment (``t_index`` and what the student side needs)."""
+        raise NotImplementedError
+
+    def teacher_row_count(self, teacher_ids: np.ndarray, student_ids: np.ndarray) -> int:
+        """Number of aligned teacher positions of one sequence (for reports)."""
+        raise NotImplementedError
+
+    # torch side --------------------------------------------------------------------------------
+    def to(self, device: torch.device) -> Alignment:
+        """Move the alignment's lookup tensors to ``device``."""
+        return self
+
+    def student_outputs(self, student: torch.nn.Module, batch: dict[str, torch.Tensor], masked_outputs: Any,
+                        output_hidden_states: bool, output_attentions: bool = False) -> Any:
+        """The student outputs that meet the teacher."""
+        raise NotImplementedError
+
+    def support_size(self) -> int:
+        """Number of columns of the KL's support (for the top-k cache)."""
+        raise NotImplementedError
+
+    def kl(self, batch: dict[str, torch.Tensor], student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+           temperature: float) -> torch.Tensor:
+        """Mean over aligned positions of ``KL(teacher || student) x T^2`` (scalar)."""
+        raise NotImplementedError
+
+    def teacher_topk(self, batch: dict[str, torch.Tensor], teacher_logits: torch.Tensor, temperature: float,
+                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, log_probs)``, each ``(n_aligned, k)``: the teacher's top-k over the support."""
+        raise NotImplementedError
+
+    def kl_topk(self, batch: dict[str, torch.Tensor], student_logits: torch.Tensor, topk_ids: torch.Tensor,
+                topk_logp: torch.Tensor, temperature: float) -> torch.Tensor:
+        """KL against a cached top-k teacher distribution, both renormalised over those k tokens."""
+        raise NotImplementedError
+
+    def student_rows(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+        """``(n_aligned, d)`` student states at the aligned positions from ``(batch, len, d)``."""
+        raise NotImplementedError
+
+    def teacher_rows(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+        """``(n_aligned, d)`` teacher states at the aligned positions from ``(batch, t_len, d)``."""
+        return hidden.reshape(-1, hidden.shape[-1])[batch["t_index"]]
+
+
+class MatchAlignment(Alignment):
+    """``match``: identical tokens, KL over the vocabulary intersection, the student's masked pass."""
+
+    name = "match"
+
+    def __init__(self, token_map, student_pad_id: int) -> None:
+        super().__init__(token_map, student_pad_id)
+        inter = token_map.intersection  # (n, 2) teacher id, student id
+        if len(inter) == 0:
+            raise ValueError("--alignment match: the teacher and student vocabularies share no token")
+        self.teacher_to_shared = np.full(len(token_map.teacher_tokens), -1, dtype=np.int64)
+        self.teacher_to_shared[inter[:, 0]] = inter[:, 1]
+        self.inter_teacher = torch.as_tensor(inter[:, 0])
+        self.inter_student = torch.as_tensor(inter[:, 1])
+
+    def to(self, device: torch.device) -> MatchAlignment:
+        self.inter_teacher = self.inter_teacher.to(device)
+        self.inter_student = self.inter_student.to(device)
+        return self
+
+    def collate(self, teacher_seqs, student_seqs, teacher_width, student_width):
+        t_index, s_index = [], []
+        for b, (t_ids, s_ids) in enumerate(zip(teacher_seqs, student_seqs, strict=True)):
+            for i, j in match_positions_ids(t_ids, s_ids, self.teacher_to_shared):
+                t_index.append(b * teacher_width + i)
+                s_index.append(b * student_width + j)
+        return {"t_index": np.asarray(t_index, dtype=np.int64), "s_index": np.asarray(s_index, dtype=np.int64)}
+
+    def teacher_row_count(self, teacher_ids, student_ids):
+        return len(match_positions_ids(teacher_ids, student_ids, self.teacher_to_shared))
+
+    def student_outputs(self, student, batch, masked_outputs, output_hidden_states, output_attentions=False):
+        return masked_outputs
+
+    def support_size(self) -> int:
+        return len(self.inter_teacher)
+
+    def _teacher_support_logits(self, batch, teacher_logits):
+        t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (batch * t_len, teacher_vocab)
+        # One advanced index: never materialise the (n, teacher_vocab) rows of a 120K vocabulary.
+        return t_flat[batch["t_index"][:, None], self.inter_teacher[None, :]]  # (n, support)
+
+    def _student_support_logits(self, batch, student_logits):
+        rows = student_logits.reshape(-1, student_logits.shape[-1])[batch["s_index"]]  # (n, student_vocab)
+        return rows[:, self.inter_student]  # (n, support)
+
+    def kl(self, batch, student_logits, teacher_logits, temperature):
+        s_rows = self._student_support_logits(batch, student_logits)  # (n, support)
+        t_rows = self._teacher_support_logits(batch, teacher_logits)  # (n, support)
+        if s_rows.shape[0] == 0:
+            return student_logits.sum() * 0.0
+        s_logp = F.log_softmax(s_rows.float() / temperature, dim=-1)  # (n, support)
+        t_logp = F.log_softmax(t_rows.float() / temperature, dim=-1)  # (n, support)
+        return kl_log_probs(s_logp, t_logp, temperature)
+
+    def teacher_topk(self, batch, teacher_logits, temperature, k):
+        t_rows = self._teacher_support_logits(batch, teacher_logits)  # (n, support)
+        t_logp = F.log_softmax(t_rows.float() / temperature, dim=-1)  # (n, support)
+        values, ids = t_logp.topk(min(k, t_logp.shape[-1]), dim=-1)  # (n, k)
+        return ids, values
+
+    def kl_topk(self, batch, student_logits, topk_ids, topk_logp, temperature):
+        from distilrubert.losses import kl_div_topk
+
+        s_rows = self._student_support_logits(batch, student_logits)  # (n, support)
+        if s_rows.shape[0] == 0:
+            return student_logits.sum() * 0.0
+        # Both distributions renormalised over the teacher's top-k (the cached support).
+        s_logp = F.log_softmax(s_rows.float().gather(1, topk_ids) / temperature, dim=-1)  # (n, k)
+        return kl_div_topk(s_logp, topk_logp, temperature)
+
+    def student_rows(self, batch, hidden):
+        return hidden.reshape(-1, hidden.shape[-1])[batch["s_index"]]
+
+
+class ReduceAlignment(Alignment):
+    """``reduce``: the teacher sequence rewritten in student tokens; student scores pooled and mapped.
+
+    Args:
+        token_map: The token map.
+        student_pad_id: The student's ``[PAD]`` id.
+        pooling: ``sum`` (the released code), ``mean`` or ``logsumexp`` (log of summed probabilities).
+        chunk_elements: Upper bound of ``positions x teacher_vocab`` elements built at once.
+    """
+
+    name = "reduce"
+
+    def __init__(self, token_map, student_pad_id: int, pooling: str = "sum",
+                 chunk_elements: int = 2**24) -> None:
+        super().__init__(token_map, student_pad_id)
+        if pooling not in POOLINGS:
+            raise ValueError(f"--pooling: unknown pooling {pooling!r} ({', '.join(POOLINGS)})")
+        self.pooling = pooling
+        self.covered_np = np.asarray(token_map.covered, dtype=bool)
+        cov_ids = np.flatnonzero(self.covered_np)
+        if len(cov_ids) == 0:
+            raise ValueError("--alignment reduce: no teacher token can be spelled with student tokens")
+        matrix = token_map.teacher_to_student[cov_ids]  # (n_cov, max_pieces), -1 padded
+        lengths = token_map.lengths[cov_ids]
+        self.cov_ids = torch.as_tensor(cov_ids)
+        self.bag_input = torch.as_tensor(matrix[matrix >= 0])  # flat pieces of every covered token
+        self.bag_offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64))
+        n_student = len(token_map.student_tokens)
+        # For logsumexp: pad index points at an extra -inf column appended to the student scores.
+        self.gather_index = torch.as_tensor(np.where(matrix >= 0, matrix, n_student))  # (n_cov, max_pieces)
+        self.n_student = n_student
+        # The linear (sum / mean) map as sparse matrices: scores = pooled @ map_t, gradients through map_back.
+        rows = np.repeat(np.arange(len(cov_ids)), lengths)
+        cols = matrix[matrix >= 0]
+        weight = np.ones(len(cols)) if pooling != "mean" else 1.0 / np.repeat(lengths, lengths)
+        indices = torch.as_tensor(np.stack([rows, cols]))
+        coo = torch.sparse_coo_tensor(indices, torch.as_tensor(weight, dtype=torch.float32), (len(cov_ids), n_student),
+                                      check_invariants=True).coalesce()  # a piece used twice in a token: summed
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.map_forward = coo.to_sparse_csr()  # (n_cov, student_vocab)
+            self.map_back = coo.t().coalesce().to_sparse_csr()  # (student_vocab, n_cov)
+        self.chunk_rows = max(1, chunk_elements // (len(cov_ids) * (matrix.shape[1] if pooling == "logsumexp"
+                                                                     else 1)))
+
+    def to(self, device: torch.device) -> ReduceAlignment:
+        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "map_forward", "map_back"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def collate(self, teacher_seqs, student_seqs, teacher_width, student_width):
+        rewritten, owners, t_index = [], [], []
+        for b, t_ids in enumerate(teacher_seqs):
+            ids, owner = self.token_map.rewrite(t_ids)
+            rewritten.append(ids)
+            owners.append(owner + b * teacher_width)  # flat teacher position of each piece
+            valid = np.flatnonzero(self.covered_np[np.asarray(t_ids, dtype=np.int64)])
+            t_index.append(valid + b * teacher_width)
+        return {
+            "reduce_input_ids": _pad(rewritten, self.student_pad_id),
+            "reduce_attention_mask": _pad([np.ones(len(r), dtype=np.int64) for r in rewritten], 0),
+            "reduce_owner": _pad(owners, -1),
+            "t_index": np.concatenate(t_index) if t_index else np.zeros(0, dtype=np.int64),
+        }
+
+    def teacher_row_count(self, teacher_ids, student_ids):
+        return int(self.covered_np[np.asarray(teacher_ids, dtype=np.int64)].sum())
+
+    def student_outputs(self, student, batch, masked_outputs, output_hidden_states, output_attentions=False):
+        return student(input_ids=batch["reduce_input_ids"], attention_mask=batch["reduce_attention_mask"],
+                       output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+
+    def support_size(self) -> int:
+        return len(self.cov_ids)
+
+    def _pooled_logp(self, batch, student_logits, temperature):
+        """``(n_aligned, student_vocab)``: student log-probs pooled over each aligned teacher position."""
+        logp = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (batch, len, student_vocab)
+        n_teacher_rows = batch["teacher_input_ids"].numel()
+        pooled = pool_rows(logp.reshape(-1, logp.shape[-1]), batch["reduce_owner"].reshape(-1), n_teacher_rows,
+                           self.pooling)  # (batch * t_len, student_vocab)
+        return pooled[batch["t_index"]]  # (n, student_vocab)
+
+    def map_to_teacher(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``(n, n_covered)`` scores of the covered teacher tokens from ``(n, student_vocab)`` pooled scores."""
+        if self.pooling in ("sum", "mean"):
+            # embedding_bag over the columns: row t of the result = pool of pooled[:, pieces(t)].
+            mapped = F.embedding_bag(self.bag_input, pooled.t().contiguous(), self.bag_offsets,
+                                     mode=self.pooling)  # (n_covered, n)
+            return mapped.t()
+        padded = torch.cat([pooled, pooled.new_full((pooled.shape[0], 1), float("-inf"))], dim=1)  # (n, sv + 1)
+        return padded[:, self.gather_index].logsumexp(-1)  # (n, n_covered, pieces) -> (n, n_covered)
+
+    def _kl_chunk(self, pooled: torch.Tensor, teacher_flat: torch.Tensor, rows: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+        s_logp = F.log_softmax(self.map_to_teacher(pooled), dim=-1)  # (n, n_covered)
+        t_rows = teacher_flat[rows[:, None], self.cov_ids[None, :]]  # (n, n_covered), one gather
+        t_logp = F.log_softmax(t_rows.float() / temperature, dim=-1)
+        return kl_log_probs(s_logp, t_logp, temperature, reduction="sum")
+
+    def kl(self, batch, student_logits, teacher_logits, temperature):
+        pooled = self._pooled_logp(batch, student_logits, temperature)  # (n, student_vocab)
+        n = pooled.shape[0]
+        if n == 0:
+            return student_logits.sum() * 0.0
+        t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (batch * t_len, teacher_vocab)
+        total = pooled.new_zeros(())
+        if self.pooling in ("sum", "mean"):
+            total = _MappedKL.apply(pooled, self.map_forward, self.map_back, t_flat.detach(), batch["t_index"],
+                                    self.cov_ids, temperature, self.chunk_rows)
+            return total * temperature**2 / n
+        for start in range(0, n, self.chunk_rows):
+            rows = batch["t_index"][start:start + self.chunk_rows]
+            chunk = pooled[start:start + self.chunk_rows]
+            # Recompute the (chunk, teacher_vocab) tensors in backward instead of keeping them all; the
+            # checkpoint keeps only its inputs (a view of pooled, the row ids, the teacher logits by reference).
+            total = total + checkpoint(self._kl_chunk, chunk, t_flat, rows, temperature, use_reentrant=False)
+        return total / n
+
+    def teacher_topk(self, batch, teacher_logits, temperature, k):
+        t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])
+        ids_out, val_out = [], []
+        for start in range(0, len(batch["t_index"]), self.chunk_rows):
+            rows = t_flat[batch["t_index"][start:start + self.chunk_rows, None], self.cov_ids[None, :]]  # (n, cov)
+            t_logp = F.log_softmax(rows.float() / temperature, dim=-1)
+            values, ids = t_logp.topk(min(k, t_logp.shape[-1]), dim=-1)  # (n, k) ids into the covered list
+            ids_out.append(ids)
+            val_out.append(values)
+        if not ids_out:
+            empty = teacher_logits.new_zeros((0, k))
+            return empty.long(), empty.float()
+        return torch.cat(ids_out), torch.cat(val_out)
+
+    def kl_topk(self, batch, student_logits, topk_ids, topk_logp, temperature):
+        from distilrubert.losses import kl_div_topk
+
+        pooled = self._pooled_logp(batch, student_logits, temperature)  # (n, student_vocab)
+        if pooled.shape[0] == 0:
+            return student_logits.sum() * 0.0
+        # Scores of the teacher's k cached tokens only (both distributions renormalised over them): no
+        # (positions, teacher_vocab) tensor at all, which is what makes cached epochs cheap.
+        pad = 0.0 if self.pooling in ("sum", "mean") else float("-inf")
+        padded = torch.cat([pooled, pooled.new_full((pooled.shape[0], 1), pad)], dim=1)  # (n, sv + 1)
+        pieces = self.gather_index[topk_ids]  # (n, k, max_pieces) student ids, pad -> the extra column
+        scores = padded.gather(1, pieces.flatten(1)).view(pieces.shape)  # (n, k, max_pieces)
+        if self.pooling == "logsumexp":
+            scores = scores.logsumexp(-1)
+        else:
+            scores = scores.sum(-1)  # (n, k)
+            if self.pooling == "mean":
+                scores = scores / (pieces < self.n_student).sum(-1).clamp_min(1)
+        return kl_div_topk(F.log_softmax(scores, dim=-1), topk_logp, temperature)
+
+    def student_rows(self, batch, hidden):
+        # A teacher position's student state = mean of its pieces' states in the rewritten sequence.
+        pooled = pool_rows(hidden.reshape(-1, hidden.shape[-1]), batch["reduce_owner"].reshape(-1),
+                           batch["teacher_input_ids"].numel(), "mean")  # (batch * t_len, d)
+        return pooled[batch["t_index"]]
+
+
+def make_alignment(name: str, token_map, student_pad_id: int, pooling: str = "sum") -> Alignment:
+    """Build the alignment called ``name`` (``match`` or ``reduce``)."""
+    if name == "match":
+        return MatchAlignment(token_map, student_pad_id)
+    if name == "reduce":
+        return ReduceAlignment(token_map, student_pad_id, pooling=pooling)
+    raise ValueError(f"--alignment: unknown alignment {name!r} ({', '.join(ALIGNMENTS)})")

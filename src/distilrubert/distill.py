@@ -1,0 +1,427 @@
+"""``distilrubert distill``: distil a BERT teacher into a student with a different vocabulary.
+
+What each model reads (the released code's choice, REFERENCE 2.4):
+
+* The teacher reads its own tokenisation **unmasked**, in eval mode, without gradients (half
+  precision on a GPU). The KL is taken at every aligned non-padding position.
+* The student reads its own tokenisation **masked** (15%, 0.7 smoothing, 80/10/10) for the MLM loss.
+* ``match``: the KL and hidden-state losses use that masked pass at the matched positions.
+* ``reduce``: the student makes a second, unmasked pass over the teacher sequence rewritten in
+  student tokens; KL and hidden-state losses use it.
+
+Loss = ``alpha_kl * KL x T^2 + alpha_mlm * MLM + alpha_hidden * hidden + alpha_attention * attention``
+(defaults 2.0 / 0.5 / 0.1 / 0, T = 2, the released scripts'). The hidden-state loss goes through one
+trainable linear projection (student width -> teacher width) per layer pair; the projections are
+checkpointed with the student but not saved into the final model directory.
+
+Example:
+    distilrubert distill --teacher DeepPavlov/rubert-base-cased-conversational --student student-5k \\
+        --corpus corpus.jsonl --alignment reduce --max-steps 10000 --output distilled-5k
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from distilrubert.config import option, to_dict
+from distilrubert.losses import attention_mse, hidden_loss, layer_pairs, mlm_loss
+from distilrubert.runinfo import run_info, write_json
+from distilrubert.trainer import TrainOptions
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DistillConfig", "DistillModule", "distill", "run"]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+@dataclass(kw_only=True)
+class DistillConfig(TrainOptions):
+    """Options of ``distilrubert distill``."""
+
+    teacher: str = option(help="Teacher: a Hub id (e.g. DeepPavlov/rubert-base-cased-conversational) or a local "
+                          "directory with a masked-LM model and its tokenizer.", metavar="ID_OR_DIR")
+    student: str = option(help="Student directory (from `distilrubert init-student`): masked-LM model + tokenizer.",
+                          metavar="DIR")
+    alignment: Literal["match", "reduce"] = option("reduce", "Vocabulary alignment (REFERENCE 2.4).")
+    pooling: Literal["sum", "mean", "logsumexp"] = option(
+        "sum", "reduce: how student scores are pooled over a teacher token's pieces.")
+    temperature: float = option(2.0, "Softmax temperature T of the KL (the loss is multiplied by T^2).")
+    alpha_kl: float = option(2.0, "Weight of the KL distillation loss.")
+    alpha_mlm: float = option(0.5, "Weight of the student's MLM loss.")
+    alpha_hidden: float = option(0.1, "Weight of the hidden-state loss (0 = off).")
+    alpha_attention: float = option(0.0, "Weight of the attention-map MSE (match only; equal head counts).")
+    hidden_loss: Literal["mse", "cosine"] = option("mse", "Hidden-state distance.")
+    layer_mapping: str = option("average_all", "Hidden-state layer pairs: average_all, skip, average, last, or "
+                                "explicit STUDENT:TEACHER pairs such as 0:0,1:4,2:8,3:12 (1:1+2+3+4 = mean).")
+    cache_teacher: Literal["none", "top-k"] = option(
+        "none", "Cache the teacher's top-k log-probabilities on disk so later epochs skip the teacher.")
+    cache_top_k: int = option(64, "k of --cache-teacher top-k.")
+    revision: str | None = option(None, "Teacher revision (branch, tag or commit) on the Hub.")
+    trust_remote_code: bool = option(False, "Allow custom model code from the teacher's repository.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise ValueError("--temperature: must be positive")
+        for flag, value in (("--alpha-kl", self.alpha_kl), ("--alpha-mlm", self.alpha_mlm),
+                            ("--alpha-hidden", self.alpha_hidden), ("--alpha-attention", self.alpha_attention)):
+            if value < 0:
+                raise ValueError(f"{flag}: must be >= 0")
+        if self.alpha_kl + self.alpha_mlm + self.alpha_hidden + self.alpha_attention == 0:
+            raise ValueError("--alpha-kl/--alpha-mlm/--alpha-hidden/--alpha-attention: all weights are 0")
+        if self.alpha_attention > 0 and self.alignment != "match":
+            raise ValueError("--alpha-attention: the attention loss needs --alignment match")
+        if self.cache_teacher == "top-k":
+            if self.cache_top_k < 1:
+                raise ValueError("--cache-top-k: must be >= 1")
+            if self.alpha_hidden > 0 or self.alpha_attention > 0:
+                raise ValueError("--cache-teacher top-k stores only output distributions: "
+                                 "set --alpha-hidden 0 and --alpha-attention 0")
+        if self.layer_mapping not in ("average_all", "skip", "average", "last"):
+            from distilrubert.losses import parse_layer_pairs
+
+            parse_layer_pairs(self.layer_mapping)
+
+
+def _hidden_size(config: Any) -> int:
+    return int(getattr(config, "hidden_size", None) or config.dim)
+
+
+def _n_layers(config: Any) -> int:
+    return int(getattr(config, "num_hidden_layers", None) or config.n_layers)
+
+
+def _n_heads(config: Any) -> int:
+    return int(getattr(config, "num_attention_heads", None) or config.n_heads)
+
+
+def _mean_states(states: Any, which: list[int]) -> Any:
+    out = states[which[0]]
+    for k in which[1:]:
+        out = out + states[k]
+    return out / len(which)
+
+
+class DistillModule(nn.Module):
+    """The trainable part of distillation: the student and the hidden-state projections.
+
+    One ``forward`` computes every student-side loss (both student passes of ``reduce`` included),
+    so DDP sees a single forward per backward.
+    """
+
+    def __init__(self, student: nn.Module, alignment: Any, config: DistillConfig, pairs: list,
+                 teacher_dim: int) -> None:
+        super().__init__()
+        self.student = student
+        self.alignment = alignment
+        self.config = config
+        self.pairs = pairs if config.alpha_hidden > 0 else []
+        student_dim = _hidden_size(student.config)
+        self.projections = nn.ModuleList(nn.Linear(student_dim, teacher_dim) for _ in self.pairs)
+
+    def forward(self, batch: dict[str, torch.Tensor], teacher_logits: torch.Tensor | None = None,
+                teacher_hidden: Any = None, teacher_attentions: Any = None,
+                topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        need_hidden = cfg.alpha_hidden > 0
+        need_attn = cfg.alpha_attention > 0
+        masked = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              output_hidden_states=need_hidden and self.alignment.name == "match",
+                              output_attentions=need_attn)
+        losses = {"mlm": mlm_loss(masked.logits, batch["labels"])}  # masked.logits: (batch, len, vocab)
+        aligned = self.alignment.student_outputs(self.student, batch, masked, need_hidden, need_attn)
+        if topk is not None:
+            losses["kl"] = self.alignment.kl_topk(batch, aligned.logits, topk[0], topk[1], cfg.temperature)
+        else:
+            losses["kl"] = self.alignment.kl(batch, aligned.logits, teacher_logits, cfg.temperature)
+        total = cfg.alpha_kl * losses["kl"] + cfg.alpha_mlm * losses["mlm"]
+        if need_hidden:
+            hidden = aligned.logits.new_zeros(())
+            for (s_which, t_which), proj in zip(self.pairs, self.projections, strict=True):
+                s_rows = self.alignment.student_rows(batch, _mean_states(aligned.hidden_states, s_which))
+                t_rows = self.alignment.teacher_rows(batch, _mean_states(teacher_hidden, t_which))
+                hidden = hidden + hidden_loss(proj(s_rows), t_rows, cfg.hidden_loss)  # (n, teacher_dim)
+            losses["hidden"] = hidden / len(self.pairs)
+            total = total + cfg.alpha_hidden * losses["hidden"]
+        if need_attn:
+            losses["attention"] = self._attention_loss(batch, aligned.attentions, teacher_attentions)
+            total = total + cfg.alpha_attention * losses["attention"]
+        losses["loss"] = total
+        return losses
+
+    def _attention_loss(self, batch, student_attn, teacher_attn):
+        s_len = batch["input_ids"].shape[1]
+        t_len = batch["teacher_input_ids"].shape[1]
+        s_index, t_index = batch["s_index"], batch["t_index"]
+        pairs = [(s, t) for s, t in self.pairs_for_attention() if s >= 1 and t >= 1]
+        total = student_attn[0].new_zeros(())
+        for b in range(batch["input_ids"].shape[0]):
+            sel = (t_index // t_len) == b
+            s_pos, t_pos = s_index[sel] % s_len, t_index[sel] % t_len  # (m,), (m,)
+            if len(s_pos) == 0:
+                continue
+            for s_layer, t_layer in pairs:
+                s_map = student_attn[s_layer - 1][b][:, s_pos][:, :, s_pos]  # (heads, m, m)
+                t_map = teacher_attn[t_layer - 1][b][:, t_pos][:, :, t_pos]  # (heads, m, m)
+                total = total + attention_mse(s_map[None], t_map[None])
+        return total / max(1, batch["input_ids"].shape[0] * len(pairs))
+
+    def pairs_for_attention(self):
+        from distilrubert.losses import layer_pairs
+
+        n_s = _n_layers(self.student.config)
+        pairs = layer_pairs(self.config.layer_mapping if self.config.layer_mapping != "average_all" else "skip",
+                            n_s, self._teacher_layers)
+        return [(s[0], t[-1]) for s, t in pairs]
+
+
+
+class DistillTask:
+    """What the shared loop needs from distillation: the module, the per-step losses, validation, saving."""
+
+    def __init__(self, config: DistillConfig, teacher: Any, student: Any, student_tokenizer: Any, alignment: Any,
+                 store: Any, extra_info: dict[str, Any]) -> None:
+        self.config = config
+        self.teacher = teacher
+        self.alignment = alignment
+        self.store = store
+        self.student_tokenizer = student_tokenizer
+        self.extra_info = extra_info
+        pairs = layer_pairs(config.layer_mapping, _n_layers(student.config), _n_layers(teacher.config))
+        self.module = DistillModule(student, alignment, config, pairs, _hidden_size(teacher.config))
+        self.module._teacher_layers = _n_layers(teacher.config)
+        if config.alpha_attention > 0 and _n_heads(student.config) != _n_heads(teacher.config):
+            raise ValueError(f"--alpha-attention: the student has {_n_heads(student.config)} heads and the teacher "
+                             f"{_n_heads(teacher.config)}; the attention loss needs equal head counts")
+        self.cache = None
+
+    def setup(self, accelerator: Any) -> None:
+        import torch
+
+        device = accelerator.device
+        self.teacher.to(device)
+        if device.type == "cuda":
+            # The teacher only runs forward: half precision halves its memory and time.
+            self.teacher.to(torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16)
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.alignment.to(device)
+        if self.config.cache_teacher == "top-k":
+            from distilrubert.teacher_cache import TeacherCache
+
+            key = {"data": str(self.store.path), "teacher": self.config.teacher, "alignment": self.config.alignment,
+                   "pooling": self.config.pooling, "temperature": self.config.temperature,
+                   "k": min(self.config.cache_top_k, self.alignment.support_size())}
+            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+            self.cache = TeacherCache(Path(self.config.output) / f"teacher-cache-{digest}", self.store, key["k"],
+                                      accelerator.is_main_process, key)
+            accelerator.wait_for_everyone()
+            self.cache.open()
+
+    def _teacher(self, batch: dict[str, Any]) -> Any:
+        import torch
+
+        cfg = self.config
+        with torch.no_grad():
+            return self.teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                                output_hidden_states=cfg.alpha_hidden > 0, output_attentions=cfg.alpha_attention > 0)
+
+    def step_losses(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        if self.cache is not None:
+            cached = self.cache.get(batch)
+            if cached is None:
+                t_out = self._teacher(batch)
+                ids, logp = self.alignment.teacher_topk(batch, t_out.logits, cfg.temperature, self.cache.k)
+                self.cache.put(batch, ids, logp)
+                cached = (ids, logp)
+            return model(batch, topk=cached)
+        t_out = self._teacher(batch)
+        return model(batch, teacher_logits=t_out.logits, teacher_hidden=t_out.hidden_states,
+                     teacher_attentions=t_out.attentions)
+
+    def eval_names(self) -> list[str]:
+        names = ["kl", "mlm", "loss"]
+        if self.config.alpha_hidden > 0:
+            names.append("hidden")
+        return names
+
+    def eval_sums(self, module: Any, batch: dict[str, Any]) -> dict[str, tuple[float, float]]:
+        # Validation always uses the teacher itself (full distribution), never the top-k cache.
+        t_out = self._teacher(batch)
+        losses = module(batch, teacher_logits=t_out.logits, teacher_hidden=t_out.hidden_states,
+                        teacher_attentions=t_out.attentions)
+        n_aligned = float(len(batch["t_index"]))
+        n_masked = float((batch["labels"] != -100).sum())
+        rows = float(batch["input_ids"].shape[0])
+        out = {"kl": (float(losses["kl"]) * n_aligned, n_aligned), "mlm": (float(losses["mlm"]) * n_masked, n_masked),
+               "loss": (float(losses["loss"]) * rows, rows)}
+        if "hidden" in losses:
+            out["hidden"] = (float(losses["hidden"]) * rows, rows)
+        return out
+
+    def save_final(self, module: Any, directory: Path, summary: dict[str, Any]) -> None:
+        student = module.student
+        student.save_pretrained(directory, safe_serialization=True)
+        for name in TOKENIZER_FILES:
+            source = Path(self.config.student) / name
+            if source.is_file():
+                shutil.copy2(source, directory / name)
+        if self.cache is not None:
+            summary["teacher_cache"] = {"hits": self.cache.hits, "misses": self.cache.misses, "k": self.cache.k}
+        info = {**self.extra_info, **summary}
+        write_json(directory / "train_report.json", info)
+        (directory / "README.md").write_text(model_card(self.config, student, info), encoding="utf-8")
+
+
+def model_card(config: DistillConfig, student: Any, info: dict[str, Any]) -> str:
+    """The model card of a distilled student: data, steps, losses, final validation figures."""
+    cfg = student.config
+    n_params = sum(p.numel() for p in student.parameters())
+    valid = info["validation"][-1] if info.get("validation") else {}
+    first, final = info.get("first_train", {}), info.get("final_train", {})
+    loss_rows = "".join(f"| {k} | {first.get(k, float('nan')):.4f} | {v:.4f} |\n" for k, v in sorted(final.items()))
+    valid_rows = "".join(f"| {k} | {v:.4f} |\n" for k, v in sorted(valid.items()) if k != "step")
+    data = info.get("data", {})
+    command = "distilrubert " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["distill"] \
+        else f"distill({to_dict(config)})"
+    return f"""---
+language:
+- ru
+library_name: transformers
+pipeline_tag: fill-mask
+tags:
+- distilbert
+- fill-mask
+- russian
+- distilrubert
+- knowledge-distillation
+---
+
+# {Path(config.output).name}
+
+A student distilled by `distilrubert distill` from `{config.teacher}` with the `{config.alignment}` vocabulary
+alignment (Kolesnikova et al., 2022, arXiv 2205.02340).
+
+| | |
+|---|---|
+| architecture | {cfg.model_type}, {_n_layers(cfg)} layers, hidden {_hidden_size(cfg)}, vocabulary {cfg.vocab_size:,} |
+| parameters | {n_params:,} |
+| teacher | `{config.teacher}` |
+| alignment | `{config.alignment}` (pooling `{config.pooling}`), T = {config.temperature} |
+| loss weights | KL {config.alpha_kl}, MLM {config.alpha_mlm}, hidden {config.alpha_hidden} ({config.hidden_loss}, \
+{config.layer_mapping}), attention {config.alpha_attention} |
+| data | {", ".join(config.corpus)}: {data.get("sequences", "?")} sequences of <= {config.max_length} tokens \
+({data.get("dropped_unk", 0)} dropped as mostly [UNK]); {info.get("train_sequences")} train / \
+{info.get("valid_sequences")} validation |
+| training | {info.get("steps")} steps x {config.batch_size} x {config.gradient_accumulation} x \
+{info.get("processes")} processes, {info.get("tokens", 0):,} student tokens, lr {config.lr}, {info.get("seconds")} s |
+
+## Training losses (first and last logged step)
+
+| loss | first | last |
+|---|---|---|
+{loss_rows}
+## Final validation
+
+| metric | value |
+|---|---|
+{valid_rows}
+## Usage
+
+```python
+from transformers import AutoModel, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained("{Path(config.output).name}")
+model = AutoModel.from_pretrained("{Path(config.output).name}")
+```
+
+Reproduce: `{command}`
+"""
+
+
+def load_student(directory: str, attn_implementation: str | None = None):
+    """Load the student masked-LM and its tokenizer from a directory written by ``init-student``."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    path = Path(directory)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--student: {path} holds no config.json (create it with `distilrubert init-student`)")
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForMaskedLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--student: cannot load a masked-LM model and tokenizer from {path}: {err}") from err
+    return model, tokenizer
+
+
+def distill(config: DistillConfig) -> dict[str, Any]:
+    """Run distillation as configured; return the training report (also in ``train_report.json``)."""
+    from accelerate.utils import set_seed
+
+    from distilrubert.align import make_alignment
+    from distilrubert.data import Collator, build_sequences, smoothed_token_probs
+    from distilrubert.student_init import load_teacher
+    from distilrubert.tokenmap import TokenMap
+    from distilrubert.trainer import finish_output, make_accelerator, prepare_output, train
+
+    accelerator = make_accelerator(config)
+    resume_from = prepare_output(config, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    set_seed(config.seed)
+    eager = "eager" if config.alpha_attention > 0 else None
+    student, student_tok = load_student(config.student, eager)
+    teacher, teacher_tok = load_teacher(config.teacher, config.revision, config.trust_remote_code)
+    if eager and hasattr(teacher, "set_attn_implementation"):
+        teacher.set_attn_implementation("eager")
+    max_pos = min(getattr(student.config, "max_position_embeddings", 512),
+                  getattr(teacher.config, "max_position_embeddings", 512))
+    if config.max_length > max_pos:
+        raise ValueError(f"--max-length: {config.max_length} exceeds the models' {max_pos} positions")
+    token_map = TokenMap.from_tokenizers(teacher_tok, student_tok)
+    alignment = make_alignment(config.alignment, token_map, student_tok.pad_token_id, config.pooling)
+    with accelerator.main_process_first():
+        store = build_sequences(config.corpus, student_tok, teacher_tok, token_map, config.max_length,
+                                config.cache_dir, config.text_field, progress=config.progress)
+    vocab_size = student.config.vocab_size
+    probs = smoothed_token_probs(store.student_counts(vocab_size), student_tok.all_special_ids, config.mlm_smoothing)
+    collator = Collator(store, student_tok, probs, alignment, seed=config.seed,
+                        mlm_probability=config.mlm_probability, teacher_pad_id=teacher_tok.pad_token_id or 0)
+    extra = {"data": {k: v for k, v in store.report.items() if k != "key"}, "token_map": token_map.stats(),
+             "alignment": config.alignment}
+    task = DistillTask(config, teacher, student, student_tok, alignment, store, extra)
+    logger.info("distilling %s (%s params) from %s (%s params), alignment %s, %d sequences",
+                config.student, f"{sum(p.numel() for p in student.parameters()):,}", config.teacher,
+                f"{sum(p.numel() for p in teacher.parameters()):,}", config.alignment, len(store))
+    summary = train(config, task, store, collator, accelerator, resume_from)
+    if accelerator.is_main_process:
+        module = accelerator.unwrap_model(task.module)
+
+        def write(tmp: Path) -> None:
+            task.save_final(module, tmp, summary)
+            write_json(tmp / "run.json", run_info("distill", to_dict(config), seed=config.seed,
+                                                  steps=summary["steps"]))
+
+        finish_output(Path(config.output), write)
+        logger.info("wrote %s", config.output)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def run(config: DistillConfig) -> int:
+    """CLI entry point of ``distilrubert distill``."""
+    distill(config)
+    return 0

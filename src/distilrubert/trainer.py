@@ -1,0 +1,440 @@
+"""The training loop shared by ``distill`` and ``pretrain``, on HF accelerate.
+
+One code path for a single CPU, one GPU, many GPUs and many nodes: start it with ``python`` /
+``distilrubert`` or with ``accelerate launch`` (DDP; each process takes every ``world``-th batch of
+the same seeded, length-grouped order). What the loop does:
+
+* AdamW (betas 0.9/0.98, eps 1e-6), warm-up then linear decay or constant, gradient clipping,
+  gradient accumulation, mixed precision (``auto``: bf16/fp16 on a GPU, fp32 on the CPU).
+* Checkpoints every ``--save-every`` steps into ``OUTPUT/checkpoints/step-N`` (written to a temporary
+  directory and renamed, so a kill never leaves a half checkpoint), the last ``--keep-checkpoints``
+  kept. A checkpoint holds the model, optimizer, scheduler, every process's RNG states
+  (``accelerator.save_state``) and the data position (epoch, batch).
+* Resume (automatic when the output directory holds a checkpoint): all of the above is restored and
+  the masks depend only on ``(seed, step)``, so a run killed with SIGKILL and resumed ends with the
+  same weights as an uninterrupted one (CPU; tested).
+* A NaN/inf loss stops the run before the optimizer step with an error naming the last good
+  checkpoint (which stays on disk).
+* Validation every ``--eval-every`` steps on the held-out sequences; metrics to ``metrics.jsonl``
+  (and TensorBoard when installed); a tqdm bar with loss, tokens/s and ETA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from distilrubert.config import option
+from distilrubert.runinfo import write_json
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainOptions", "TrainingDivergedError", "latest_checkpoint", "train"]
+
+CHECKPOINTS = "checkpoints"
+_CKPT = re.compile(r"^step-(\d+)$")
+# Test hook: SIGKILL the process itself right after this optimizer step (used by the resume test).
+KILL_ENV = "DISTILRUBERT_TEST_SIGKILL_AT_STEP"
+
+
+class TrainingDivergedError(ValueError):
+    """The loss became NaN or infinite; the message names the last good checkpoint."""
+
+
+@dataclass(kw_only=True)
+class TrainOptions:
+    """Options shared by ``distill`` and ``pretrain`` (the loop, the data, the outputs)."""
+
+    corpus: list[str] = option(help="Corpus files or directories (.txt/.jsonl/.csv, optionally .gz).",
+                               metavar="PATH")
+    output: str = option(help="Output directory: the trained model (HF format), metrics.jsonl, checkpoints/.",
+                         metavar="DIR")
+    text_field: str | None = option(None, "JSONL/CSV field holding the text (default: text, sentence).")
+    max_steps: int = option(1000, "Optimizer steps to train for.")
+    batch_size: int = option(32, "Sequences per process per micro-batch.")
+    gradient_accumulation: int = option(1, "Micro-batches per optimizer step.")
+    max_length: int = option(128, "Maximum sequence length in tokens (at most 512).")
+    lr: float = option(5e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    warmup: float = option(0.05, "Warm-up as a fraction of --max-steps.")
+    schedule: Literal["linear", "constant"] = option("linear", "Learning rate after warm-up.")
+    max_grad_norm: float = option(5.0, "Gradient clipping norm (0 = off).")
+    mlm_probability: float = option(0.15, "Share of student tokens masked for MLM.")
+    mlm_smoothing: float = option(0.7, "Masking probability proportional to count**-smoothing (XLM/DistilBERT).")
+    valid_fraction: float = option(0.01, "Held-out share of sequences (the last ones) for validation.")
+    max_valid_sequences: int = option(2000, "Cap on held-out sequences.")
+    eval_every: int = option(200, "Validate every N steps (and at the end; 0 = only at the end).")
+    save_every: int = option(200, "Checkpoint every N steps (0 = only at the end).")
+    keep_checkpoints: int = option(2, "How many recent checkpoints to keep.")
+    log_every: int = option(10, "Write a metrics.jsonl line every N steps.")
+    seed: int = option(42, "Seed of data order, masking, dropout and new weights.")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = option(
+        "auto", "Mixed precision; auto = bf16 (or fp16) on a GPU, none on the CPU.")
+    cache_dir: str | None = option(None, "Where tokenised sequences are cached (default ~/.cache/distilrubert).")
+    resume: bool = option(True, "Resume from the newest checkpoint in --output when there is one.")
+    overwrite: bool = option(False, "Replace an existing --output directory.")
+    tensorboard: bool = option(True, "Also log to OUTPUT/tensorboard when tensorboard is installed.")
+    progress: bool = option(True, "Show progress bars.")
+
+    def __post_init__(self) -> None:
+        if not self.corpus:
+            raise ValueError("--corpus: give at least one corpus file or directory")
+        checks = [
+            ("--max-steps", self.max_steps >= 1), ("--batch-size", self.batch_size >= 1),
+            ("--gradient-accumulation", self.gradient_accumulation >= 1),
+            ("--max-length", 8 <= self.max_length <= 512), ("--lr", self.lr > 0),
+            ("--warmup", 0 <= self.warmup < 1), ("--max-grad-norm", self.max_grad_norm >= 0),
+            ("--mlm-probability", 0 < self.mlm_probability < 1), ("--mlm-smoothing", self.mlm_smoothing >= 0),
+            ("--valid-fraction", 0 <= self.valid_fraction < 1),
+            ("--max-valid-sequences", self.max_valid_sequences >= 0),
+            ("--eval-every", self.eval_every >= 0), ("--save-every", self.save_every >= 0),
+            ("--keep-checkpoints", self.keep_checkpoints >= 1), ("--log-every", self.log_every >= 1),
+            ("--weight-decay", self.weight_decay >= 0),
+        ]
+        for flag, ok in checks:
+            if not ok:
+                raise ValueError(f"{flag}: value out of range")
+        if self.max_length > 512:
+            raise ValueError("--max-length: at most 512")
+
+
+def latest_checkpoint(output: str | Path) -> Path | None:
+    """The newest complete checkpoint directory under ``OUTPUT/checkpoints``, if any."""
+    root = Path(output) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT.match(p.name)) and
+             (p / "trainer_state.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def prepare_output(options: TrainOptions, main: bool = True) -> Path | None:
+    """Check ``--output`` before any work; return the checkpoint to resume from, if any.
+
+    With ``--overwrite`` the main process removes the old directory (the others just start fresh).
+    """
+    output = Path(options.output)
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"--output {output} exists and is not a directory")
+    latest = latest_checkpoint(output)
+    finished = (output / "run.json").is_file()
+    if options.overwrite and output.is_dir():
+        if main:
+            shutil.rmtree(output)
+        return None
+    if finished:
+        raise FileExistsError(f"--output {output} already holds a finished run (pass --overwrite to replace it)")
+    if latest is not None:
+        if options.resume:
+            return latest
+        raise FileExistsError(f"--output {output} holds checkpoints; pass --resume to continue or --overwrite")
+    if output.is_dir() and any(p.name not in (CHECKPOINTS, "metrics.jsonl") for p in output.iterdir()):
+        raise FileExistsError(f"--output {output} already exists and is not empty (pass --overwrite to replace it)")
+    return None
+
+
+def _lr_lambda(options: TrainOptions) -> Callable[[int], float]:
+    warmup_steps = round(options.warmup * options.max_steps)
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if options.schedule == "constant":
+            return 1.0
+        return max(0.0, (options.max_steps - step) / max(1, options.max_steps - warmup_steps))
+
+    return factor
+
+
+def _mixed_precision(choice: str) -> str:
+    import torch
+
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def make_accelerator(options: TrainOptions) -> Any:
+    """The run's ``Accelerator``: GPU when present, else CPU (so ``accelerate launch --multi_gpu
+    --num_processes N`` on a machine without GPUs runs N CPU processes over gloo)."""
+    import torch
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=_mixed_precision(options.mixed_precision), cpu=not torch.cuda.is_available())
+
+
+def _to_device(batch: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
+    import torch
+
+    return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def weights_digest(module: Any) -> str:
+    """sha256 of a module's parameters and buffers (to check that DDP replicas agree)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _Metrics:
+    """``metrics.jsonl`` (appended line by line) and optional TensorBoard, on the main process."""
+
+    def __init__(self, output: Path, enabled: bool, resume_step: int | None, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.path = output / "metrics.jsonl"
+        self.writer = None
+        if not enabled:
+            return
+        output.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            # Drop lines logged after the checkpoint we resume from: they will be logged again.
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        elif self.path.exists():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(output / "tensorboard"))
+            except ImportError:
+                logger.info("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.writer is not None:
+            prefix = record.get("split", "train")
+            for key, value in record.items():
+                if isinstance(value, int | float) and key not in ("step", "epoch"):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerator: Any,
+          resume_from: Path | None) -> dict[str, Any]:
+    """Run the loop until ``--max-steps``; return the summary (also handed to ``task.save_final``).
+
+    Args:
+        options: The loop options.
+        task: Provides ``module`` (the trainable ``nn.Module``), ``setup(accelerator)``,
+            ``step_losses(model, batch) -> dict`` (with ``"loss"``), ``eval_sums(module, batch) -> dict``
+            of ``(sum, count)`` and ``save_final(module, directory, summary)``.
+        store: The :class:`distilrubert.data.SequenceStore`.
+        collator: The :class:`distilrubert.data.Collator`.
+        accelerator: An ``accelerate.Accelerator``.
+        resume_from: Checkpoint directory to resume from, or ``None``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from distilrubert.data import length_grouped_batches, split_train_valid
+
+    output = Path(options.output)
+    main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    optimizer = torch.optim.AdamW(task.module.parameters(), lr=options.lr, betas=(0.9, 0.98), eps=1e-6,
+                                  weight_decay=options.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(options))
+    model, optimizer = accelerator.prepare(task.module, optimizer)
+    # The scheduler is not prepared (accelerate would step it once per process); it is checkpointed.
+    accelerator.register_for_checkpointing(scheduler)
+    task.setup(accelerator)
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed": 0.0}
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state.update(json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8")))
+        logger.info("resumed from %s (step %d)", resume_from, state["step"])
+    metrics = _Metrics(output, main, state["step"] if resume_from is not None else None, options.tensorboard)
+
+    train_idx, valid_idx = split_train_valid(len(store), options.valid_fraction, options.max_valid_sequences)
+    lengths = store.lengths()
+    accum = options.gradient_accumulation
+    valid_batches = [valid_idx[i:i + options.batch_size]
+                     for i in range(0, len(valid_idx), options.batch_size)][rank::world]
+
+    def epoch_batches(epoch: int) -> list[np.ndarray]:
+        batches = length_grouped_batches(lengths, train_idx, options.batch_size, options.seed, epoch)
+        usable = len(batches) // (world * accum) * (world * accum)
+        if usable == 0:
+            raise ValueError(f"--corpus: {len(train_idx)} training sequences give {len(batches)} batches of "
+                             f"{options.batch_size}; need at least {world * accum} (processes x accumulation)")
+        return batches[rank:usable:world]
+
+    def evaluate() -> dict[str, float]:
+        module = accelerator.unwrap_model(model)
+        module.eval()
+        sums: dict[str, float] = {}
+        with torch.no_grad(), accelerator.autocast():
+            for i, idx in enumerate(valid_batches):
+                # Fixed masks for validation: stream 1 is never used by training steps.
+                batch = _to_device(collator(idx, step=i * world + rank, stream=1), accelerator.device)
+                for key, (total, count) in task.eval_sums(module, batch).items():
+                    sums[f"{key}_sum"] = sums.get(f"{key}_sum", 0.0) + float(total)
+                    sums[f"{key}_count"] = sums.get(f"{key}_count", 0.0) + float(count)
+        names = sorted(task.eval_names())
+        vector = torch.tensor([sums.get(f"{n}_{part}", 0.0) for n in names for part in ("sum", "count")],
+                              dtype=torch.float64, device=accelerator.device)
+        vector = accelerator.reduce(vector, reduction="sum")
+        out = {}
+        for j, name in enumerate(names):
+            total, count = float(vector[2 * j]), float(vector[2 * j + 1])
+            out[f"valid_{name}"] = total / count if count else float("nan")
+        return out
+
+    def save_checkpoint() -> Path:
+        root = output / CHECKPOINTS
+        final = root / f"step-{state['step']:08d}"
+        tmp = root / f".step-{state['step']:08d}.partial"
+        if main:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if main:
+            write_json(tmp / "trainer_state.json", state)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            done = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT.match(p.name)))
+            for _, old in done[:-options.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return final
+
+    last_good = resume_from
+    history: dict[str, list[tuple[int, float]]] = {}
+    valid_history: list[dict[str, Any]] = []
+    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+    bar = tqdm(total=options.max_steps, initial=state["step"], desc="training", unit="step",
+               disable=not (main and options.progress), dynamic_ncols=True)
+    window_tokens, window_start = 0, time.perf_counter()
+    run_start = time.perf_counter() - state["elapsed"]
+    batches = epoch_batches(state["epoch"])
+    if resume_from is None and len(valid_batches) and options.eval_every:
+        # The starting point, so every run's metrics show how far training moved the model.
+        figures = evaluate()
+        valid_history.append({"step": 0, **figures})
+        metrics.log({"step": 0, "split": "valid", **figures})
+    while state["step"] < options.max_steps:
+        if state["batch_in_epoch"] + accum > len(batches):
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+            batches = epoch_batches(state["epoch"])
+        model.train()
+        parts: dict[str, float] = {}
+        step_tokens = 0
+        for i in range(accum):
+            idx = batches[state["batch_in_epoch"] + i]
+            micro_step = (state["step"] * accum + i) * world + rank
+            batch = _to_device(collator(idx, step=micro_step), accelerator.device)
+            step_tokens += int(batch["attention_mask"].sum())
+            sync = contextlib.nullcontext() if i == accum - 1 else accelerator.no_sync(model)
+            with sync, accelerator.autocast():
+                losses = task.step_losses(model, batch)
+                accelerator.backward(losses["loss"] / accum)
+            for key, value in losses.items():
+                parts[key] = parts.get(key, 0.0) + float(value.detach()) / accum
+        names = sorted(parts)
+        reduced = accelerator.reduce(torch.tensor([parts[k] for k in names], dtype=torch.float64,
+                                                  device=accelerator.device), reduction="mean")
+        parts = {k: float(v) for k, v in zip(names, reduced.tolist(), strict=True)}
+        if not math.isfinite(parts["loss"]):
+            metrics.close()
+            bar.close()
+            where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+            raise TrainingDivergedError(f"loss is {parts['loss']} at step {state['step'] + 1} "
+                                        f"({', '.join(f'{k}={v:.4g}' for k, v in parts.items())}); stopped; {where}")
+        if options.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["batch_in_epoch"] += accum
+        state["tokens"] += step_tokens * world
+        window_tokens += step_tokens * world
+        for key, value in parts.items():
+            history.setdefault(key, []).append((state["step"], value))
+        bar.update(1)
+        if state["step"] % options.log_every == 0 or state["step"] == options.max_steps:
+            now = time.perf_counter()
+            tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+            window_tokens, window_start = 0, now
+            record = {"step": state["step"], "epoch": state["epoch"], "lr": scheduler.get_last_lr()[0],
+                      **parts, "tokens_per_s": round(tokens_per_s, 1), "tokens": state["tokens"]}
+            metrics.log(record)
+            bar.set_postfix(loss=f"{parts['loss']:.3f}", tok_s=f"{tokens_per_s:.0f}")
+        last_step = state["step"] == options.max_steps
+        if len(valid_batches) and ((options.eval_every and state["step"] % options.eval_every == 0) or last_step):
+            figures = evaluate()
+            valid_history.append({"step": state["step"], **figures})
+            metrics.log({"step": state["step"], "split": "valid", **figures})
+            logger.info("step %d: %s", state["step"], ", ".join(f"{k}={v:.4f}" for k, v in figures.items()))
+        if (options.save_every and state["step"] % options.save_every == 0) or last_step:
+            state["elapsed"] = time.perf_counter() - run_start
+            last_good = save_checkpoint()
+        if kill_at and state["step"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    metrics.close()
+    unwrapped = accelerator.unwrap_model(model)
+    from accelerate.utils import gather_object
+
+    digests = gather_object([weights_digest(unwrapped)])
+    return {
+        "steps": state["step"], "epochs_started": state["epoch"] + 1, "tokens": state["tokens"],
+        "seconds": round(time.perf_counter() - run_start, 1), "processes": world,
+        "train_sequences": len(train_idx), "valid_sequences": len(valid_idx),
+        "final_train": {k: v[-1][1] for k, v in history.items()} if history else {},
+        "first_train": {k: v[0][1] for k, v in history.items()} if history else {},
+        "validation": valid_history, "rank_weight_sha256": digests,
+        "last_checkpoint": str(last_good) if last_good else None,
+    }
+
+
+def finish_output(output: Path, write: Callable[[Path], None]) -> None:
+    """Write the final files into ``output`` atomically: built in a temporary directory, each file renamed in.
+
+    ``run.json`` is written by ``write`` and moved last, so its presence marks a finished run.
+    """
+    tmp = output / ".final.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    names = sorted((p.name for p in tmp.iterdir()), key=lambda n: n == "run.json")
+    for name in names:
+        target = output / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp / name, target)
+    tmp.rmdir()

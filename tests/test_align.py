@@ -1,0 +1,142 @@
+"""The two alignments on hand-written token sequences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distilrubert.align import MatchAlignment, ReduceAlignment, match_positions, pool_rows
+from distilrubert.tokenmap import TokenMap
+
+TEACHER = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "привет", "мир", "##ы", "中"])}
+STUDENT = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "при", "##вет", "мир", "##ы"])}
+
+
+@pytest.fixture
+def token_map() -> TokenMap:
+    return TokenMap.from_vocabs(TEACHER, STUDENT)
+
+
+def test_match_positions_monotonic_greedy():
+    teacher = ["[CLS]", "при", "##вет", ",", "мир", "!", "[SEP]"]
+    student = ["[CLS]", "привет", ",", "ми", "##р", "!", "[SEP]"]
+    assert match_positions(teacher, student) == [(0, 0), (3, 2), (5, 5), (6, 6)]
+    # Monotonic: once "b" matched late, an earlier "a" cannot be matched.
+    assert match_positions(["b", "a"], ["a", "b"]) == [(0, 1)]
+    # Repeated tokens take the next occurrence after the last match.
+    assert match_positions(["x", "x", "x"], ["x", "y", "x"]) == [(0, 0), (1, 2)]
+    assert match_positions(["a"], ["b"]) == []
+
+
+def test_match_alignment_collate(token_map):
+    align = MatchAlignment(token_map, student_pad_id=0)
+    t_seqs = [np.array([2, 5, 6, 3]), np.array([2, 6, 3])]  # [CLS] привет мир [SEP] / [CLS] мир [SEP]
+    s_seqs = [np.array([2, 5, 6, 7, 3]), np.array([2, 7, 3])]
+    out = align.collate(t_seqs, s_seqs, teacher_width=4, student_width=5)
+    # "привет" is not a student token; [CLS], мир, [SEP] match.
+    assert out["t_index"].tolist() == [0, 2, 3, 4 + 0, 4 + 1, 4 + 2]
+    assert out["s_index"].tolist() == [0, 3, 4, 5 + 0, 5 + 1, 5 + 2]
+
+
+def test_reduce_collate_rewrites_teacher_sequence(token_map):
+    align = ReduceAlignment(token_map, student_pad_id=0)
+    # [CLS] привет мир ##ы 中 [SEP]: 中 has no student spelling ([UNK], excluded from the KL).
+    t_seqs = [np.array([2, 5, 6, 7, 8, 3]), np.array([2, 6, 3])]
+    out = align.collate(t_seqs, [np.array([2]), np.array([2])], teacher_width=6, student_width=1)
+    assert out["reduce_input_ids"][0].tolist() == [2, 5, 6, 7, 8, 1, 3]
+    assert out["reduce_owner"][0].tolist() == [0, 1, 1, 2, 3, 4, 5]
+    assert out["reduce_input_ids"][1].tolist() == [2, 7, 3, 0, 0, 0, 0]
+    assert out["reduce_owner"][1].tolist() == [6, 7, 8, -1, -1, -1, -1]
+    assert out["reduce_attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0, 0]
+    assert out["t_index"].tolist() == [0, 1, 2, 3, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean", "logsumexp"])
+def test_pool_rows_and_map_to_teacher_by_hand(token_map, pooling):
+    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling)
+    values = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
+    pooled = pool_rows(values, torch.tensor([0, 0, 1]), 2, pooling)
+    reduce = {"sum": lambda x: x.sum(0), "mean": lambda x: x.mean(0), "logsumexp": lambda x: x.logsumexp(0)}[pooling]
+    assert torch.allclose(pooled[0], reduce(values[:2]))
+    assert torch.allclose(pooled[1], values[2])
+
+    scores = torch.randn(2, len(STUDENT))
+    mapped = align.map_to_teacher(scores)  # (2, covered teacher tokens)
+    covered = [t for t, i in sorted(TEACHER.items(), key=lambda kv: kv[1]) if token_map.covered[i]]
+    assert "中" not in covered
+    col = covered.index("привет")
+    pieces = scores[:, [STUDENT["при"], STUDENT["##вет"]]]
+    assert torch.allclose(mapped[:, col], reduce(pieces.t()), atol=1e-6)
+    col = covered.index("мир")
+    assert torch.allclose(mapped[:, col], scores[:, STUDENT["мир"]], atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["sum", "logsumexp"])
+def test_reduce_kl_matches_dense_computation(token_map, pooling):
+    torch.manual_seed(0)
+    temperature = 2.0
+    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, chunk_elements=8)  # several chunks
+    t_seqs = [np.array([2, 5, 6, 7, 8, 3]), np.array([2, 6, 3])]
+    extra = align.collate(t_seqs, [np.array([2]), np.array([2])], teacher_width=6, student_width=1)
+    batch = {k: torch.as_tensor(v) for k, v in extra.items()}
+    batch["teacher_input_ids"] = torch.zeros(2, 6, dtype=torch.long)
+    student_logits = torch.randn(2, batch["reduce_input_ids"].shape[1], len(STUDENT), requires_grad=True)
+    teacher_logits = torch.randn(2, 6, len(TEACHER))
+    got = align.kl(batch, student_logits, teacher_logits, temperature)
+    got.backward()
+    assert student_logits.grad is not None and torch.isfinite(student_logits.grad).all()
+
+    # Dense reference: loop over teacher positions and teacher tokens.
+    covered = np.flatnonzero(token_map.covered)
+    owner = batch["reduce_owner"]
+    total, n = 0.0, 0
+    combine = (lambda x: x.sum(0)) if pooling == "sum" else (lambda x: x.logsumexp(0))
+    for b in range(2):
+        for j in range(len(t_seqs[b])):
+            if not token_map.covered[t_seqs[b][j]]:
+                continue
+            rows = (owner[b] == b * 6 + j).nonzero().flatten()
+            logq = torch.log_softmax(student_logits[b, rows].detach() / temperature, dim=-1)
+            pooled = combine(logq)  # (student_vocab,)
+            pieces = [torch.as_tensor(token_map.teacher_to_student[t, : token_map.lengths[t]]) for t in covered]
+            scores = torch.stack([combine(pooled[p]) for p in pieces])
+            s_logp = torch.log_softmax(scores, dim=-1)
+            t_logp = torch.log_softmax(teacher_logits[b, j, covered] / temperature, dim=-1)
+            total += float((t_logp.exp() * (t_logp - s_logp)).sum()) * temperature**2
+            n += 1
+    assert float(got.detach()) == pytest.approx(total / n, rel=1e-5)
+
+
+def test_reduce_topk_kl_is_full_kl_with_full_support(token_map):
+    torch.manual_seed(1)
+    align = ReduceAlignment(token_map, student_pad_id=0)
+    extra = align.collate([np.array([2, 5, 6, 3])], [np.array([2])], teacher_width=4, student_width=1)
+    batch = {k: torch.as_tensor(v) for k, v in extra.items()}
+    batch["teacher_input_ids"] = torch.zeros(1, 4, dtype=torch.long)
+    student_logits = torch.randn(1, batch["reduce_input_ids"].shape[1], len(STUDENT))
+    teacher_logits = torch.randn(1, 4, len(TEACHER))
+    ids, logp = align.teacher_topk(batch, teacher_logits, 2.0, k=align.support_size())
+    full = align.kl(batch, student_logits, teacher_logits, 2.0)
+    cached = align.kl_topk(batch, student_logits, ids, logp, 2.0)
+    assert float(cached) == pytest.approx(float(full), rel=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_fused_reduce_kl_value_and_gradient_match_autograd(token_map, pooling):
+    torch.manual_seed(2)
+    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, chunk_elements=16)
+    pooled = torch.randn(5, len(STUDENT), requires_grad=True)
+    teacher_logits = torch.randn(1, 5, len(TEACHER))
+    batch = {"t_index": torch.arange(5), "reduce_owner": torch.arange(5)[None], "teacher_input_ids": torch.zeros(1, 5)}
+    # Student "logits" whose log-softmax at T = 1 are the pooled scores' log-softmax: compare on the mapped KL.
+    fused = align.kl(batch, pooled[None], teacher_logits, temperature=1.0)
+    fused.backward()
+    grad_fused = pooled.grad.clone()
+    pooled.grad = None
+    logp = torch.log_softmax(pooled, dim=-1)
+    reference = torch.stack([align._kl_chunk(logp[i:i + 1], teacher_logits[0], torch.tensor([i]), 1.0)
+                             for i in range(5)]).sum() / 5
+    reference.backward()
+    assert float(fused.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    assert torch.allclose(grad_fused, pooled.grad, atol=1e-5)
