@@ -90,8 +90,10 @@ def test_predict_on_a_classification_model(tiny_student, tmp_path):
     assert len(results) == 2 and {"label", "score"} <= set(results[0])
 
 
-def test_concurrent_requests_are_micro_batched(tiny_student_dir):
-    config = ServeConfig(model=str(tiny_student_dir), backend="torch", max_wait_ms=200, max_batch_size=8)
+@pytest.mark.parametrize("max_wait_ms", [0.0, 200.0])
+def test_concurrent_requests_are_micro_batched(tiny_student_dir, max_wait_ms):
+    # 0: requests that queue up while the first batch runs form the next one; 200: the first waits for them.
+    config = ServeConfig(model=str(tiny_student_dir), backend="torch", max_wait_ms=max_wait_ms, max_batch_size=8)
     app = create_app(tiny_student_dir, config)
     texts = SENTENCES[:8]
 

@@ -52,7 +52,8 @@ class ServeConfig:
     threads: int | None = option(None, "Intra-op threads of the model (default: the library's).")
     batching: bool = option(True, "Micro-batch concurrent /embed requests (--no-batching to compare).")
     max_batch_size: int = option(32, "Most texts in one micro-batch.")
-    max_wait_ms: float = option(5.0, "How long the first request of a micro-batch waits for others.")
+    max_wait_ms: float = option(0.0, "Extra wait for company when a micro-batch is not full (0: take only what "
+                                "queued up while the previous batch ran, adding no latency).")
     max_texts: int = option(64, "Most texts in one request (413 beyond).")
     max_chars: int = option(2000, "Most characters in one text (413 beyond).")
     max_length: int = option(128, "Texts are truncated to this many tokens.")
@@ -85,7 +86,8 @@ class MicroBatcher:
     """Collects items from concurrent requests into one call of ``fn(items) -> rows``.
 
     ``submit(items)`` waits until a worker has run ``fn`` over a batch that contains ``items`` and
-    returns their rows. The first queued request waits at most ``max_wait`` seconds for company.
+    returns their rows. Requests that queued up while the previous batch ran join the next one; with
+    ``max_wait > 0`` a batch that is not full waits that long for more.
     """
 
     def __init__(self, fn, executor: ThreadPoolExecutor, max_batch: int, max_wait: float, on_batch=None):
@@ -117,15 +119,20 @@ class MicroBatcher:
         while True:
             pending = [await self.queue.get()]
             size = len(pending[0][0])
+            # Greedy: take every request that queued up while the previous batch ran (no added latency);
+            # then, only if max_wait > 0 and the batch is not full, wait that long for more company.
             deadline = loop.time() + self.max_wait
             while size < self.max_batch:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
                 try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout)
-                except TimeoutError:
-                    break
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    timeout = deadline - loop.time()
+                    if timeout <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), timeout)
+                    except TimeoutError:
+                        break
                 pending.append(item)
                 size += len(item[0])
             items = [x for request, _ in pending for x in request]
