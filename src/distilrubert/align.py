@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from distilrubert.losses import kl_log_probs
+from distilrubert.teacher_head import as_teacher_scores
 
 __all__ = ["ALIGNMENTS", "POOLINGS", "Alignment", "MatchAlignment", "ReduceAlignment", "make_alignment",
            "match_positions", "match_positions_ids", "pool_rows"]
@@ -118,45 +119,99 @@ def pool_rows(values: torch.Tensor, owner: torch.Tensor, n_rows: int, pooling: s
     raise ValueError(f"--pooling: unknown pooling {pooling!r} (sum, mean, logsumexp)")
 
 
-class _MappedKL(torch.autograd.Function):
-    """Sum over aligned positions of ``KL(P_teacher || softmax(map @ pooled))``, gradient made in the forward.
+class _LinearMap:
+    """The linear (``sum`` / ``mean``) reduce map between student pieces and teacher tokens, and its two sides.
 
-    ``map`` is the sparse ``(n_covered, student_vocab)`` matrix of the linear (sum / mean) reduce map. The
-    gradient with respect to the mapped scores is ``softmax(mapped) - P``, so each chunk of positions
-    hands back ``map.T @ (softmax(mapped) - P)`` at once: nothing of size ``(positions, teacher_vocab)``
-    outlives its chunk, nothing is recomputed, and the backward pass is one multiplication. The student
-    side runs in the ``(teacher_vocab, positions)`` layout that sparse-times-dense products produce.
+    ``M`` is the sparse ``(student_vocab, teacher_vocab)`` matrix with ``M[s, t]`` = the weight of piece ``s``
+    in teacher token ``t`` (1, or ``1 / len(t)`` for ``mean``; 0 for uncovered tokens). A block of ``c``
+    aligned positions with pooled student log-probabilities ``p`` (``(c, student_vocab)``) has mapped scores
+    ``p @ M``; with teacher probabilities ``P`` (``(c, teacher_vocab)``, zero on uncovered tokens)
+
+        KL = sum_t P log P - p . (P @ M^T) + logsumexp_t(p @ M)   (sum over covered t only)
+        dKL/dp = softmax(p @ M) @ M^T - P @ M^T
+
+    so the teacher side reduces to ``(c, student_vocab)`` masses and an entropy, the student side to a
+    log-partition and a mass, and the two ``(c, teacher_vocab)`` blocks never meet: each is built once,
+    reduced in place and dropped.
+    """
+
+    def __init__(self, map_back: torch.Tensor, map_forward: torch.Tensor, uncovered: torch.Tensor,
+                 max_pieces: int, pooling: str) -> None:
+        self.map_back = map_back  # (student_vocab, teacher_vocab) CSR: M
+        self.map_forward = map_forward  # (teacher_vocab, student_vocab) CSR: M^T
+        self.uncovered = uncovered  # (u,) teacher ids without a student spelling
+        self.max_pieces = max_pieces
+        self.pooling = pooling
+
+    def teacher_side(self, scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P @ M^T, sum P log P)`` from ``(c, teacher_vocab)`` teacher logits / T (modified in place)."""
+        if len(self.uncovered):
+            scaled.index_fill_(1, self.uncovered, float("-inf"))  # outside the support
+        scaled.sub_(scaled.amax(1, keepdim=True))  # (c, tv) log-probabilities up to the row's log-partition
+        probs = torch.exp(scaled)  # (c, tv) unnormalised
+        total = probs.sum(1)  # (c,)
+        if len(self.uncovered):
+            scaled.index_fill_(1, self.uncovered, 0.0)  # 0 * -inf would be nan in the dot product below
+        dot = torch.bmm(probs[:, None, :], scaled[:, :, None]).view(-1)  # (c,) sum_t e_t l_t, no temporary
+        entropy = dot / total - total.log()  # sum P log P with P = e / total, log P = l - log total
+        mass = torch.mm(probs, self.map_forward).div_(total[:, None])  # (c, sv) P @ M^T
+        return mass, entropy
+
+    def student_side(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(softmax(p @ M) @ M^T, logsumexp(p @ M))`` of ``(c, student_vocab)`` pooled scores ``p``."""
+        top = pooled.amax(1, keepdim=True)  # (c, 1)
+        # An upper bound of every mapped score (a sum of <= max_pieces scores <= top, or their mean), so
+        # exp never overflows without a pass to find the exact maximum; rows where the bound is so loose
+        # that the sum underflows are redone below with the exact maximum.
+        shift = top if self.pooling == "mean" else torch.where(top > 0, top * self.max_pieces, top)
+        mass, lse = self._student_block(pooled, shift)
+        bad = ~(lse > shift.squeeze(1) - 60.0)  # partition sum below e^-60 (or nan): recompute exactly
+        if bool(bad.any()):
+            rows = bad.nonzero().squeeze(1)
+            exact = torch.mm(pooled[rows], self.map_back)  # (r, tv)
+            if len(self.uncovered):
+                exact.index_fill_(1, self.uncovered, float("-inf"))
+            mass[rows], lse[rows] = self._student_block(pooled[rows], exact.amax(1, keepdim=True))
+        return mass, lse
+
+    def _student_block(self, pooled: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mapped = torch.mm(pooled, self.map_back)  # (c, tv) p @ M
+        probs = mapped.sub_(shift).exp_()  # (c, tv) unnormalised softmax, in place
+        if len(self.uncovered):
+            probs.index_fill_(1, self.uncovered, 0.0)
+        total = probs.sum(1)  # (c,)
+        mass = torch.mm(probs, self.map_forward).div_(total[:, None])  # (c, sv)
+        return mass, total.log() + shift.squeeze(1)
+
+
+class _MappedKL(torch.autograd.Function):
+    """Sum over aligned positions of ``KL(P_teacher || softmax(p @ M))``, its gradient made in the forward.
+
+    Blocks of aligned positions: the teacher's logits of a block (computed on demand from its output
+    projection, :class:`distilrubert.teacher_head.TeacherScores`) and the block's mapped student scores
+    are each reduced to ``(block, student_vocab)`` (:class:`_LinearMap`); the gradient with respect to
+    the pooled scores is kept for backward, nothing of size ``(positions, teacher_vocab)`` is.
     """
 
     @staticmethod
-    def forward(ctx, pooled, map_forward, map_back, teacher_flat, rows, cov_ids, temperature, chunk):
-        # pooled: (n, student_vocab) student log-probs; teacher_flat: (batch * t_len, teacher_vocab) logits;
-        # rows: (n,) flat teacher positions; map_forward: sparse (n_cov, student_vocab); map_back: its transpose
-        loss = pooled.new_zeros((), dtype=torch.float32)
-        grads = []
-        for start in range(0, pooled.shape[0], chunk):
-            t_rows = teacher_flat[rows[start:start + chunk, None], cov_ids[None, :]].float()  # (c, n_cov)
-            t_logp = F.log_softmax(t_rows.div_(temperature), dim=-1)  # teacher over the covered tokens
-            target = t_logp.exp()  # (c, n_cov)
-            entropy = (target * t_logp).sum(-1)  # (c,) sum P log P
-            del t_rows, t_logp
-            target = target.t().contiguous()  # (n_cov, c)
-            mapped = torch.sparse.mm(map_forward, pooled[start:start + chunk].float().t().contiguous())  # (n_cov, c)
-            cross = (target * mapped).sum(0)  # (c,) sum_t P_t mapped_t
-            top = mapped.amax(0, keepdim=True)  # (1, c)
-            probs = mapped.sub_(top).exp_()  # (n_cov, c) unnormalised, in place
-            total = probs.sum(0, keepdim=True)
-            # KL = sum_t P_t (log P_t - mapped_t + lse), with sum_t P_t = 1
-            loss += (entropy - cross + (top + total.log()).squeeze(0)).sum()
-            grad_mapped = probs.div_(total).sub_(target)  # (n_cov, c) softmax - P, in place
-            grads.append(torch.sparse.mm(map_back, grad_mapped).t())  # (c, student_vocab)
-        ctx.save_for_backward(torch.cat(grads).to(pooled.dtype))
-        return loss
+    def forward(ctx, pooled, linear_map, teacher, temperature, block):
+        # pooled: (n, student_vocab) student log-probs pooled per aligned position; teacher: TeacherScores
+        loss = torch.zeros((), dtype=torch.float64, device=pooled.device)
+        grad = torch.empty(pooled.shape, dtype=torch.float32, device=pooled.device)  # (n, student_vocab)
+        for start in range(0, pooled.shape[0], block):
+            stop = min(start + block, pooled.shape[0])
+            t_mass, entropy = linear_map.teacher_side(teacher.rows(start, stop, scale=1.0 / temperature))
+            p = pooled[start:stop].float()  # (c, sv)
+            s_mass, lse = linear_map.student_side(p)
+            loss += (entropy - (p * t_mass).sum(1) + lse).sum()  # KL = sum P log P - sum P mapped + lse
+            grad[start:stop] = s_mass.sub_(t_mass)
+        ctx.save_for_backward(grad.to(pooled.dtype))
+        return loss.to(torch.float32)
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad_pooled,) = ctx.saved_tensors
-        return grad_pooled * grad_output, None, None, None, None, None, None, None
+        return grad_pooled * grad_output, None, None, None, None
 
 
 def _pad(seqs: Sequence[np.ndarray], value: int) -> np.ndarray:
@@ -267,9 +322,9 @@ class MatchAlignment(Alignment):
         return len(self.inter_teacher)
 
     def _teacher_support_logits(self, batch, teacher_logits):
-        t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (batch * t_len, teacher_vocab)
-        # One advanced index: never materialise the (n, teacher_vocab) rows of a 120K vocabulary.
-        return t_flat[batch["t_index"][:, None], self.inter_teacher[None, :]]  # (n, support)
+        scores = as_teacher_scores(teacher_logits, batch["t_index"])
+        # Only the intersection's columns: from the lazy head, a (n, d) x (d, support) product.
+        return scores.rows(0, len(scores), columns=self.inter_teacher)  # (n, support)
 
     def _student_support_logits(self, batch, student_logits):
         rows = student_logits.reshape(-1, student_logits.shape[-1])[batch["s_index"]]  # (n, student_vocab)
@@ -335,23 +390,28 @@ class ReduceAlignment(Alignment):
         # For logsumexp: pad index points at an extra -inf column appended to the student scores.
         self.gather_index = torch.as_tensor(np.where(matrix >= 0, matrix, n_student))  # (n_cov, max_pieces)
         self.n_student = n_student
-        # The linear (sum / mean) map as sparse matrices: scores = pooled @ map_t, gradients through map_back.
-        rows = np.repeat(np.arange(len(cov_ids)), lengths)
+        # The linear (sum / mean) map M as sparse (student_vocab, teacher_vocab) matrices over the whole
+        # teacher vocabulary (uncovered tokens: empty columns, masked out of both softmaxes).
+        n_teacher = len(self.covered_np)
+        rows = np.repeat(cov_ids, lengths)
         cols = matrix[matrix >= 0]
         weight = np.ones(len(cols)) if pooling != "mean" else 1.0 / np.repeat(lengths, lengths)
         indices = torch.as_tensor(np.stack([rows, cols]))
-        coo = torch.sparse_coo_tensor(indices, torch.as_tensor(weight, dtype=torch.float32), (len(cov_ids), n_student),
+        coo = torch.sparse_coo_tensor(indices, torch.as_tensor(weight, dtype=torch.float32), (n_teacher, n_student),
                                       check_invariants=True).coalesce()  # a piece used twice in a token: summed
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            self.map_forward = coo.to_sparse_csr()  # (n_cov, student_vocab)
-            self.map_back = coo.t().coalesce().to_sparse_csr()  # (student_vocab, n_cov)
-        self.chunk_rows = max(1, chunk_elements // (len(cov_ids) * (matrix.shape[1] if pooling == "logsumexp"
-                                                                     else 1)))
+            self.map_forward = coo.to_sparse_csr()  # (teacher_vocab, student_vocab): M^T
+            self.map_back = coo.t().coalesce().to_sparse_csr()  # (student_vocab, teacher_vocab): M
+        self.uncovered = torch.as_tensor(np.flatnonzero(~self.covered_np))
+        self.linear_map = _LinearMap(self.map_back, self.map_forward, self.uncovered, int(matrix.shape[1]), pooling)
+        self.chunk_rows = max(1, chunk_elements // (n_teacher * (matrix.shape[1] if pooling == "logsumexp" else 1)))
 
     def to(self, device: torch.device) -> ReduceAlignment:
-        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "map_forward", "map_back"):
+        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "map_forward", "map_back", "uncovered"):
             setattr(self, name, getattr(self, name).to(device))
+        self.linear_map = _LinearMap(self.map_back, self.map_forward, self.uncovered, self.linear_map.max_pieces,
+                                     self.pooling)
         return self
 
     def collate(self, teacher_seqs, student_seqs, teacher_width, student_width):
@@ -397,10 +457,10 @@ class ReduceAlignment(Alignment):
         padded = torch.cat([pooled, pooled.new_full((pooled.shape[0], 1), float("-inf"))], dim=1)  # (n, sv + 1)
         return padded[:, self.gather_index].logsumexp(-1)  # (n, n_covered, pieces) -> (n, n_covered)
 
-    def _kl_chunk(self, pooled: torch.Tensor, teacher_flat: torch.Tensor, rows: torch.Tensor,
-                  temperature: float) -> torch.Tensor:
-        s_logp = F.log_softmax(self.map_to_teacher(pooled), dim=-1)  # (n, n_covered)
-        t_rows = teacher_flat[rows[:, None], self.cov_ids[None, :]]  # (n, n_covered), one gather
+    def _kl_dense(self, pooled: torch.Tensor, teacher_rows: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Summed KL of ``(c, student_vocab)`` pooled scores against ``(c, teacher_vocab)`` logits, with autograd."""
+        s_logp = F.log_softmax(self.map_to_teacher(pooled), dim=-1)  # (c, n_covered)
+        t_rows = teacher_rows.index_select(1, self.cov_ids)  # (c, n_covered)
         t_logp = F.log_softmax(t_rows.float() / temperature, dim=-1)
         return kl_log_probs(s_logp, t_logp, temperature, reduction="sum")
 
@@ -409,32 +469,33 @@ class ReduceAlignment(Alignment):
         n = pooled.shape[0]
         if n == 0:
             return student_logits.sum() * 0.0
-        t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (batch * t_len, teacher_vocab)
-        total = pooled.new_zeros(())
+        scores = as_teacher_scores(teacher_logits, batch["t_index"])
         if self.pooling in ("sum", "mean"):
-            total = _MappedKL.apply(pooled, self.map_forward, self.map_back, t_flat.detach(), batch["t_index"],
-                                    self.cov_ids, temperature, self.chunk_rows)
+            total = _MappedKL.apply(pooled, self.linear_map, scores, temperature, self.chunk_rows)
             return total * temperature**2 / n
+        total = pooled.new_zeros(())
+
+        def block_kl(chunk: torch.Tensor, start: int) -> torch.Tensor:
+            return self._kl_dense(chunk, scores.rows(start, start + chunk.shape[0]), temperature)
+
         for start in range(0, n, self.chunk_rows):
-            rows = batch["t_index"][start:start + self.chunk_rows]
-            chunk = pooled[start:start + self.chunk_rows]
             # Recompute the (chunk, teacher_vocab) tensors in backward instead of keeping them all; the
-            # checkpoint keeps only its inputs (a view of pooled, the row ids, the teacher logits by reference).
-            total = total + checkpoint(self._kl_chunk, chunk, t_flat, rows, temperature, use_reentrant=False)
+            # checkpoint keeps only its inputs (a view of pooled and the teacher scores by reference).
+            total = total + checkpoint(block_kl, pooled[start:start + self.chunk_rows], start, use_reentrant=False)
         return total / n
 
     def teacher_topk(self, batch, teacher_logits, temperature, k):
-        t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])
+        scores = as_teacher_scores(teacher_logits, batch["t_index"])
         ids_out, val_out = [], []
-        for start in range(0, len(batch["t_index"]), self.chunk_rows):
-            rows = t_flat[batch["t_index"][start:start + self.chunk_rows, None], self.cov_ids[None, :]]  # (n, cov)
-            t_logp = F.log_softmax(rows.float() / temperature, dim=-1)
-            values, ids = t_logp.topk(min(k, t_logp.shape[-1]), dim=-1)  # (n, k) ids into the covered list
+        for start in range(0, len(scores), self.chunk_rows):
+            rows = scores.rows(start, min(start + self.chunk_rows, len(scores)), columns=self.cov_ids)  # (c, cov)
+            t_logp = F.log_softmax(rows.div_(temperature), dim=-1)
+            values, ids = t_logp.topk(min(k, t_logp.shape[-1]), dim=-1)  # (c, k) ids into the covered list
             ids_out.append(ids)
             val_out.append(values)
         if not ids_out:
-            empty = teacher_logits.new_zeros((0, k))
-            return empty.long(), empty.float()
+            return (torch.zeros((0, k), dtype=torch.long, device=scores.device),
+                    torch.zeros((0, k), device=scores.device))
         return torch.cat(ids_out), torch.cat(val_out)
 
     def kl_topk(self, batch, student_logits, topk_ids, topk_logp, temperature):
