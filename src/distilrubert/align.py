@@ -165,7 +165,7 @@ class _LinearMap:
         # that the sum underflows are redone below with the exact maximum.
         shift = top if self.pooling == "mean" else torch.where(top > 0, top * self.max_pieces, top)
         mass, lse = self._student_block(pooled, shift)
-        bad = ~(lse > shift.squeeze(1) - 60.0)  # partition sum below e^-60 (or nan): recompute exactly
+        bad = ~(lse > shift.squeeze(1).double() - 60.0)  # partition sum below e^-60 (or nan): redo exactly
         if bool(bad.any()):
             rows = bad.nonzero().squeeze(1)
             exact = torch.mm(pooled[rows], self.map_back)  # (r, tv)
@@ -181,7 +181,7 @@ class _LinearMap:
             probs.index_fill_(1, self.uncovered, 0.0)
         total = probs.sum(1)  # (c,)
         mass = torch.mm(probs, self.map_forward).div_(total[:, None])  # (c, sv)
-        return mass, total.log() + shift.squeeze(1)
+        return mass, total.log().double() + shift.squeeze(1).double()  # (c, sv), (c,) float64
 
 
 class _MappedKL(torch.autograd.Function):
@@ -203,7 +203,9 @@ class _MappedKL(torch.autograd.Function):
             t_mass, entropy = linear_map.teacher_side(teacher.rows(start, stop, scale=1.0 / temperature))
             p = pooled[start:stop].float()  # (c, sv)
             s_mass, lse = linear_map.student_side(p)
-            loss += (entropy - (p * t_mass).sum(1) + lse).sum()  # KL = sum P log P - sum P mapped + lse
+            # KL = sum P log P - sum P mapped + lse; the last two nearly cancel when scores are large: float64
+            cross = torch.linalg.vecdot(p.double(), t_mass.double())  # (c,) sum_t P_t mapped_t
+            loss += (entropy.double() - cross + lse).sum()
             grad[start:stop] = s_mass.sub_(t_mass)
         ctx.save_for_backward(grad.to(pooled.dtype))
         return loss.to(torch.float32)
