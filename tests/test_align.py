@@ -198,8 +198,8 @@ def test_kl_from_lazy_teacher_head_equals_kl_from_full_logits(token_map, alignme
     batch["teacher_input_ids"] = torch.zeros(2, 6, dtype=torch.long)
     width = batch["reduce_input_ids"].shape[1] if alignment == "reduce" else 6
     student_logits = torch.randn(2, width, len(STUDENT), generator=generator)
-    inputs, weight, bias = (torch.randn(2, 6, 4, generator=generator), torch.randn(len(TEACHER), 4, generator=generator),
-                            torch.randn(len(TEACHER), generator=generator))
+    inputs = torch.randn(2, 6, 4, generator=generator)
+    weight, bias = torch.randn(len(TEACHER), 4, generator=generator), torch.randn(len(TEACHER), generator=generator)
     full = inputs @ weight.t() + bias  # (2, 6, teacher_vocab)
     lazy = TeacherScores(inputs.reshape(-1, 4)[batch["t_index"]], weight, bias)
     a, b = student_logits.clone().requires_grad_(), student_logits.clone().requires_grad_()
