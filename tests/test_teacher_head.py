@@ -36,6 +36,11 @@ def _check_same_as_full_forward(model: nn.Module) -> None:
     wrapped = as_teacher_scores(full.logits, batch["t_index"])
     assert torch.allclose(wrapped.rows(2, 5, columns=columns, scale=0.5), expected[2:5][:, columns] * 0.5)
     assert len(wrapped) == 5 and wrapped.vocab_size == vocab
+    for scores in (out.logits, wrapped):  # the transposed layout, into a caller's buffer or not
+        assert torch.allclose(scores.rows_t(1, 4, scale=0.5), expected[1:4].t() * 0.5, atol=1e-5)
+        buffer = torch.empty(vocab, 2)
+        assert scores.rows_t(3, 5, out=buffer).data_ptr() == buffer.data_ptr()
+        assert torch.allclose(buffer, expected[3:5].t(), atol=1e-5)
 
 
 def test_lazy_head_of_a_bert_teacher_equals_the_full_logits(teacher_dir):
@@ -88,5 +93,7 @@ def test_scores_from_projection_inputs():
     assert torch.allclose(scores.rows(1, 4, scale=0.25), expected[1:4] / 4, atol=1e-6)
     columns = torch.tensor([8, 0])
     assert torch.allclose(scores.rows(0, 6, columns=columns), expected[:, columns], atol=1e-6)
-    assert torch.allclose(TeacherScores(inputs, weight, None).rows(0, 2, scale=2.0), 2 * (inputs[:2] @ weight.t()),
-                          atol=1e-6)
+    no_bias = TeacherScores(inputs, weight, None)
+    assert torch.allclose(no_bias.rows(0, 2, scale=2.0), 2 * (inputs[:2] @ weight.t()), atol=1e-6)
+    assert torch.allclose(no_bias.rows_t(0, 2, scale=2.0), 2 * (inputs[:2] @ weight.t()).t(), atol=1e-6)
+    assert torch.allclose(scores.rows_t(2, 6), expected[2:6].t(), atol=1e-6)

@@ -30,7 +30,6 @@ logsumexp map a gather from it: no dense one-hot matrix anywhere.
 from __future__ import annotations
 
 import bisect
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -131,57 +130,94 @@ class _LinearMap:
         dKL/dp = softmax(p @ M) @ M^T - P @ M^T
 
     so the teacher side reduces to ``(c, student_vocab)`` masses and an entropy, the student side to a
-    log-partition and a mass, and the two ``(c, teacher_vocab)`` blocks never meet: each is built once,
-    reduced in place and dropped.
+    log-partition and a mass, and the two ``(teacher_vocab, c)`` blocks never meet: each is built once,
+    reduced in place and dropped. Both run in the ``(teacher_vocab, c)`` layout: ``p @ M`` is an
+    ``embedding_bag`` of the columns of ``p`` over each teacher token's pieces, ``X @ M^T`` one over each
+    student piece's teacher tokens, and the teacher projection writes that layout directly.
+
+    Args:
+        token_pieces: ``(nnz,)`` student pieces of every teacher token, concatenated (uncovered: none).
+        token_offsets: ``(teacher_vocab,)`` start of each teacher token's pieces in ``token_pieces``.
+        piece_tokens, piece_offsets, piece_weights: the transpose: for each student piece, the teacher
+            tokens that contain it and ``M[s, t]``.
+        uncovered: ``(u,)`` teacher ids without a student spelling.
+        max_pieces: Most pieces of one teacher token.
+        pooling: ``sum`` or ``mean``.
     """
 
-    def __init__(self, map_back: torch.Tensor, map_forward: torch.Tensor, uncovered: torch.Tensor,
+    def __init__(self, token_pieces: torch.Tensor, token_offsets: torch.Tensor, piece_tokens: torch.Tensor,
+                 piece_offsets: torch.Tensor, piece_weights: torch.Tensor, uncovered: torch.Tensor,
                  max_pieces: int, pooling: str) -> None:
-        self.map_back = map_back  # (student_vocab, teacher_vocab) CSR: M
-        self.map_forward = map_forward  # (teacher_vocab, student_vocab) CSR: M^T
-        self.uncovered = uncovered  # (u,) teacher ids without a student spelling
+        self.token_pieces, self.token_offsets = token_pieces, token_offsets
+        self.piece_tokens, self.piece_offsets, self.piece_weights = piece_tokens, piece_offsets, piece_weights
+        self.uncovered = uncovered
         self.max_pieces = max_pieces
         self.pooling = pooling
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def to(self, device: torch.device) -> _LinearMap:
+        for name in ("token_pieces", "token_offsets", "piece_tokens", "piece_offsets", "piece_weights", "uncovered"):
+            setattr(self, name, getattr(self, name).to(device))
+        self._buffers = {}
+        return self
+
+    def buffer(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A reused work buffer (fresh large allocations cost page faults on every block)."""
+        key = (name, device)
+        held = self._buffers.get(key)
+        if held is None or held.numel() < int(np.prod(shape)):
+            held = self._buffers[key] = torch.empty(int(np.prod(shape)), device=device)
+        return held[: int(np.prod(shape))].view(shape)
+
+    def _to_pieces(self, columns: torch.Tensor) -> torch.Tensor:
+        """``(student_vocab, c)`` = ``M @ columns`` for ``(teacher_vocab, c)`` columns."""
+        return F.embedding_bag(self.piece_tokens, columns, self.piece_offsets, mode="sum",
+                               per_sample_weights=self.piece_weights)
 
     def teacher_side(self, scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(P @ M^T, sum P log P)`` from ``(c, teacher_vocab)`` teacher logits / T (modified in place)."""
+        """``(P @ M^T, sum P log P)``, ``(c, sv)`` and ``(c,)``, from ``(teacher_vocab, c)`` logits / T.
+
+        ``scaled`` is modified in place.
+        """
         if len(self.uncovered):
-            scaled.index_fill_(1, self.uncovered, float("-inf"))  # outside the support
-        scaled.sub_(scaled.amax(1, keepdim=True))  # (c, tv) log-probabilities up to the row's log-partition
-        probs = torch.exp(scaled)  # (c, tv) unnormalised
-        total = probs.sum(1)  # (c,)
+            scaled.index_fill_(0, self.uncovered, float("-inf"))  # outside the support
+        scaled.sub_(scaled.amax(0, keepdim=True))  # (tv, c) log-probabilities up to the log-partition
+        probs = torch.exp(scaled, out=self.buffer("probs", scaled.shape, scaled.device))  # (tv, c) unnormalised
+        total = probs.sum(0)  # (c,)
         if len(self.uncovered):
-            scaled.index_fill_(1, self.uncovered, 0.0)  # 0 * -inf would be nan in the dot product below
-        dot = torch.bmm(probs[:, None, :], scaled[:, :, None]).view(-1)  # (c,) sum_t e_t l_t, no temporary
+            scaled.index_fill_(0, self.uncovered, 0.0)  # 0 * -inf would be nan in the dot product below
+        dot = torch.linalg.vecdot(probs, scaled, dim=0)  # (c,) sum_t e_t l_t
         entropy = dot / total - total.log()  # sum P log P with P = e / total, log P = l - log total
-        mass = torch.mm(probs, self.map_forward).div_(total[:, None])  # (c, sv) P @ M^T
+        mass = self._to_pieces(probs).div_(total).t()  # (c, sv) P @ M^T
         return mass, entropy
 
     def student_side(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(softmax(p @ M) @ M^T, logsumexp(p @ M))`` of ``(c, student_vocab)`` pooled scores ``p``."""
-        top = pooled.amax(1, keepdim=True)  # (c, 1)
+        columns = pooled.t().contiguous()  # (sv, c)
+        top = columns.amax(0)  # (c,)
         # An upper bound of every mapped score (a sum of <= max_pieces scores <= top, or their mean), so
-        # exp never overflows without a pass to find the exact maximum; rows where the bound is so loose
-        # that the sum underflows are redone below with the exact maximum.
+        # exp never overflows without a pass to find the exact maximum; columns where the bound is so
+        # loose that the sum underflows are redone below with the exact maximum.
         shift = top if self.pooling == "mean" else torch.where(top > 0, top * self.max_pieces, top)
-        mass, lse = self._student_block(pooled, shift)
-        bad = ~(lse > shift.squeeze(1).double() - 60.0)  # partition sum below e^-60 (or nan): redo exactly
+        mass, lse = self._student_block(columns, shift)
+        bad = ~(lse > shift.double() - 60.0)  # partition sum below e^-60 (or nan): redo exactly
         if bool(bad.any()):
-            rows = bad.nonzero().squeeze(1)
-            exact = torch.mm(pooled[rows], self.map_back)  # (r, tv)
+            cols = bad.nonzero().squeeze(1)
+            sub = columns[:, cols].contiguous()  # (sv, r)
+            exact = F.embedding_bag(self.token_pieces, sub, self.token_offsets, mode=self.pooling)  # (tv, r)
             if len(self.uncovered):
-                exact.index_fill_(1, self.uncovered, float("-inf"))
-            mass[rows], lse[rows] = self._student_block(pooled[rows], exact.amax(1, keepdim=True))
+                exact.index_fill_(0, self.uncovered, float("-inf"))
+            mass[cols], lse[cols] = self._student_block(sub, exact.amax(0))
         return mass, lse
 
-    def _student_block(self, pooled: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mapped = torch.mm(pooled, self.map_back)  # (c, tv) p @ M
-        probs = mapped.sub_(shift).exp_()  # (c, tv) unnormalised softmax, in place
+    def _student_block(self, columns: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mapped = F.embedding_bag(self.token_pieces, columns, self.token_offsets, mode=self.pooling)  # (tv, c) p @ M
+        probs = mapped.sub_(shift).exp_()  # (tv, c) unnormalised softmax, in place
         if len(self.uncovered):
-            probs.index_fill_(1, self.uncovered, 0.0)
-        total = probs.sum(1)  # (c,)
-        mass = torch.mm(probs, self.map_forward).div_(total[:, None])  # (c, sv)
-        return mass, total.log().double() + shift.squeeze(1).double()  # (c, sv), (c,) float64
+            probs.index_fill_(0, self.uncovered, 0.0)
+        total = probs.sum(0)  # (c,)
+        mass = self._to_pieces(probs).div_(total).t()  # (c, sv)
+        return mass, total.log().double() + shift.double()  # (c, sv), (c,) float64
 
 
 class _MappedKL(torch.autograd.Function):
@@ -200,13 +236,15 @@ class _MappedKL(torch.autograd.Function):
         grad = torch.empty(pooled.shape, dtype=torch.float32, device=pooled.device)  # (n, student_vocab)
         for start in range(0, pooled.shape[0], block):
             stop = min(start + block, pooled.shape[0])
-            t_mass, entropy = linear_map.teacher_side(teacher.rows(start, stop, scale=1.0 / temperature))
+            scaled = teacher.rows_t(start, stop, scale=1.0 / temperature,
+                                    out=linear_map.buffer("teacher", (teacher.vocab_size, stop - start), pooled.device))
+            t_mass, entropy = linear_map.teacher_side(scaled)  # (c, sv), (c,)
             p = pooled[start:stop].float()  # (c, sv)
             s_mass, lse = linear_map.student_side(p)
             # KL = sum P log P - sum P mapped + lse; the last two nearly cancel when scores are large: float64
             cross = torch.linalg.vecdot(p.double(), t_mass.double())  # (c,) sum_t P_t mapped_t
             loss += (entropy.double() - cross + lse).sum()
-            grad[start:stop] = s_mass.sub_(t_mass)
+            torch.sub(s_mass, t_mass, out=grad[start:stop])
         ctx.save_for_backward(grad.to(pooled.dtype))
         return loss.to(torch.float32)
 
@@ -214,6 +252,11 @@ class _MappedKL(torch.autograd.Function):
     def backward(ctx, grad_output):
         (grad_pooled,) = ctx.saved_tensors
         return grad_pooled * grad_output, None, None, None, None
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """Start of each group in a concatenation of groups of ``lengths`` (``embedding_bag`` offsets)."""
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
 
 def _pad(seqs: Sequence[np.ndarray], value: int) -> np.ndarray:
@@ -392,28 +435,26 @@ class ReduceAlignment(Alignment):
         # For logsumexp: pad index points at an extra -inf column appended to the student scores.
         self.gather_index = torch.as_tensor(np.where(matrix >= 0, matrix, n_student))  # (n_cov, max_pieces)
         self.n_student = n_student
-        # The linear (sum / mean) map M as sparse (student_vocab, teacher_vocab) matrices over the whole
-        # teacher vocabulary (uncovered tokens: empty columns, masked out of both softmaxes).
+        # The linear (sum / mean) map M over the whole teacher vocabulary (uncovered tokens: no pieces, masked
+        # out of both softmaxes), as embedding-bag index lists in both directions.
         n_teacher = len(self.covered_np)
-        rows = np.repeat(cov_ids, lengths)
-        cols = matrix[matrix >= 0]
-        weight = np.ones(len(cols)) if pooling != "mean" else 1.0 / np.repeat(lengths, lengths)
-        indices = torch.as_tensor(np.stack([rows, cols]))
-        coo = torch.sparse_coo_tensor(indices, torch.as_tensor(weight, dtype=torch.float32), (n_teacher, n_student),
-                                      check_invariants=True).coalesce()  # a piece used twice in a token: summed
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            self.map_forward = coo.to_sparse_csr()  # (teacher_vocab, student_vocab): M^T
-            self.map_back = coo.t().coalesce().to_sparse_csr()  # (student_vocab, teacher_vocab): M
+        all_lengths = np.where(self.covered_np, token_map.lengths, 0)
+        pieces = token_map.teacher_to_student[self.covered_np]
         self.uncovered = torch.as_tensor(np.flatnonzero(~self.covered_np))
-        self.linear_map = _LinearMap(self.map_back, self.map_forward, self.uncovered, int(matrix.shape[1]), pooling)
+        token_of = np.repeat(np.arange(n_teacher), all_lengths)  # (nnz,) teacher token of each piece
+        piece_of = pieces[pieces >= 0]  # (nnz,)
+        weight = np.ones(len(piece_of)) if pooling != "mean" else 1.0 / np.repeat(all_lengths, all_lengths)
+        order = np.argsort(piece_of, kind="stable")
+        self.linear_map = _LinearMap(
+            torch.as_tensor(piece_of), torch.as_tensor(_offsets(all_lengths)),
+            torch.as_tensor(token_of[order]), torch.as_tensor(_offsets(np.bincount(piece_of, minlength=n_student))),
+            torch.as_tensor(weight[order], dtype=torch.float32), self.uncovered, int(matrix.shape[1]), pooling)
         self.chunk_rows = max(1, chunk_elements // (n_teacher * (matrix.shape[1] if pooling == "logsumexp" else 1)))
 
     def to(self, device: torch.device) -> ReduceAlignment:
-        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "map_forward", "map_back", "uncovered"):
+        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "uncovered"):
             setattr(self, name, getattr(self, name).to(device))
-        self.linear_map = _LinearMap(self.map_back, self.map_forward, self.uncovered, self.linear_map.max_pieces,
-                                     self.pooling)
+        self.linear_map.to(device)
         return self
 
     def collate(self, teacher_seqs, student_seqs, teacher_width, student_width):

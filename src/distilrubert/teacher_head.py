@@ -87,6 +87,23 @@ class TeacherScores:
             out = torch.addmm(bias, x, weight.t(), beta=scale, alpha=scale)  # (c, cols) = scale (x W^T + b)
         return out.float()
 
+    def rows_t(self, start: int, stop: int, scale: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The transpose of :meth:`rows` (all columns): ``(vocab, stop - start)`` fp32, written into ``out``."""
+        if self._flat is not None:
+            block = self._flat.index_select(0, self._index[start:stop]).t()  # (vocab, c) view of a copy
+            out = block.float().contiguous() if out is None else out.copy_(block)
+            return out.mul_(scale) if scale != 1.0 else out
+        x = self.inputs[start:stop]  # (c, d)
+        if out is not None and out.dtype != self.weight.dtype:
+            out = None  # half-precision teacher: compute in its dtype, then convert
+        if self.bias is None:
+            result = torch.mm(self.weight, x.t(), out=out)  # (vocab, c)
+            if scale != 1.0:
+                result.mul_(scale)
+        else:  # the scale is folded into the product: scale (W x^T + b)
+            result = torch.addmm(self.bias[:, None], self.weight, x.t(), beta=scale, alpha=scale, out=out)
+        return result.float()
+
     def _projection(self, columns: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if columns is None:
             return self.weight, self.bias
