@@ -65,6 +65,7 @@ class TeacherScores:
     def device(self) -> torch.device:
         return self._flat.device if self._flat is not None else self.inputs.device
 
+    @torch.no_grad()
     def rows(self, start: int, stop: int, columns: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
         """``(stop - start, vocab or len(columns))`` fp32 logits x ``scale`` of aligned rows ``start:stop``.
 
@@ -87,6 +88,7 @@ class TeacherScores:
             out = torch.addmm(bias, x, weight.t(), beta=scale, alpha=scale)  # (c, cols) = scale (x W^T + b)
         return out.float()
 
+    @torch.no_grad()
     def rows_t(self, start: int, stop: int, scale: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
         """The transpose of :meth:`rows` (all columns): ``(vocab, stop - start)`` fp32, written into ``out``."""
         if self._flat is not None:
