@@ -142,13 +142,17 @@ def timed_round_robin(functions: dict, rounds: int) -> dict[str, float]:
     return {name: min(values) for name, values in times.items()}
 
 
-def materialise_teacher_logits(alignment, scores) -> None:
+def materialise_teacher_logits(alignment, scores, approximate: bool) -> None:
     """Compute (and drop) the teacher logits the alignment's KL reads, in the blocks it reads them."""
     if alignment.name == "match":
         scores.rows(0, len(scores), columns=alignment.inter_teacher)
         return
-    for start in range(0, len(scores), alignment.chunk_rows):
-        scores.rows(start, min(start + alignment.chunk_rows, len(scores)))
+    step = alignment.projection_rows
+    for start in range(0, len(scores), step):
+        if approximate:  # teacher_topk: (positions, vocab) blocks
+            scores.rows(start, min(start + step, len(scores)))
+        else:  # the exact reduce KL: (vocab, positions) blocks
+            scores.rows_t(start, min(start + step, len(scores)))
 
 
 def bench_alignment(name: str, args, teacher, student, tmap, multi_ids, kl_support: str = "full") -> dict:
@@ -166,7 +170,7 @@ def bench_alignment(name: str, args, teacher, student, tmap, multi_ids, kl_suppo
 
     def teacher_step():  # what the teacher costs in a step: encoder + projection at the aligned rows
         out = teacher_lazy()
-        materialise_teacher_logits(alignment, out.logits)
+        materialise_teacher_logits(alignment, out.logits, kl_support != "full")
         return out
 
     def teacher_full_head():  # for reference: the plain forward, logits at every position and token
@@ -254,6 +258,7 @@ def bench_memory(args, teacher, student, tmap, multi_ids) -> dict:
         "full_teacher_logits_would_be_mib": round(batch["teacher_input_ids"].numel() * vocab * 4 / 2**20),
         "one_dense_positions_x_teacher_vocab_fp32_mib": round(n * vocab * 4 / 2**20),
         "aligned_positions": n, "chunk_rows": alignment.chunk_rows,
+        "projection_rows": alignment.projection_rows,
     }
 
 

@@ -149,7 +149,7 @@ def _fused_and_dense(align, pooled, teacher_rows, temperature):
 
     pooled = pooled.clone().requires_grad_()
     scores = TeacherScores.from_logits(teacher_rows[None], torch.arange(len(teacher_rows)))
-    fused = _MappedKL.apply(pooled, align.linear_map, scores, temperature, align.chunk_rows)
+    fused = _MappedKL.apply(pooled, align.linear_map, scores, temperature, align.chunk_rows, 2 * align.chunk_rows)
     (grad_fused,) = torch.autograd.grad(fused, pooled)
     dense = align._kl_dense(pooled, teacher_rows, temperature) / temperature**2  # _MappedKL has no T^2
     (grad_dense,) = torch.autograd.grad(dense, pooled)

@@ -230,28 +230,34 @@ class _MappedKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pooled, linear_map, teacher, temperature, block):
+    def forward(ctx, pooled, linear_map, teacher, temperature, block, teacher_block):
         # pooled: (n, student_vocab) student log-probs pooled per aligned position; teacher: TeacherScores
+        n = pooled.shape[0]
         loss = torch.zeros((), dtype=torch.float64, device=pooled.device)
         grad = torch.empty(pooled.shape, dtype=torch.float32, device=pooled.device)  # (n, student_vocab)
-        for start in range(0, pooled.shape[0], block):
-            stop = min(start + block, pooled.shape[0])
-            scaled = teacher.rows_t(start, stop, scale=1.0 / temperature,
-                                    out=linear_map.buffer("teacher", (teacher.vocab_size, stop - start), pooled.device))
-            t_mass, entropy = linear_map.teacher_side(scaled)  # (c, sv), (c,)
-            p = pooled[start:stop].float()  # (c, sv)
-            s_mass, lse = linear_map.student_side(p)
-            # KL = sum P log P - sum P mapped + lse; the last two nearly cancel when scores are large: float64
-            cross = torch.linalg.vecdot(p.double(), t_mass.double())  # (c,) sum_t P_t mapped_t
-            loss += (entropy.double() - cross + lse).sum()
-            torch.sub(s_mass, t_mass, out=grad[start:stop])
+        for t_start in range(0, n, teacher_block):
+            t_stop = min(t_start + teacher_block, n)
+            # The teacher projection in large blocks (its weight is read once per block), the rest in small
+            # blocks whose (teacher_vocab, block) tensors stay in cache.
+            logits = teacher.rows_t(t_start, t_stop, scale=1.0 / temperature,
+                                    out=linear_map.buffer("teacher", (teacher.vocab_size, t_stop - t_start),
+                                                          pooled.device))  # (tv, tc)
+            for start in range(t_start, t_stop, block):
+                stop = min(start + block, t_stop)
+                t_mass, entropy = linear_map.teacher_side(logits[:, start - t_start:stop - t_start])  # (c, sv), (c,)
+                p = pooled[start:stop].float()  # (c, sv)
+                s_mass, lse = linear_map.student_side(p)
+                # KL = sum P log P - sum P mapped + lse; the last two nearly cancel for large scores: float64
+                cross = torch.linalg.vecdot(p.double(), t_mass.double())  # (c,) sum_t P_t mapped_t
+                loss += (entropy.double() - cross + lse).sum()
+                torch.sub(s_mass, t_mass, out=grad[start:stop])
         ctx.save_for_backward(grad.to(pooled.dtype))
         return loss.to(torch.float32)
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad_pooled,) = ctx.saved_tensors
-        return grad_pooled * grad_output, None, None, None, None
+        return grad_pooled * grad_output, None, None, None, None, None
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -411,13 +417,16 @@ class ReduceAlignment(Alignment):
         token_map: The token map.
         student_pad_id: The student's ``[PAD]`` id.
         pooling: ``sum`` (the released code), ``mean`` or ``logsumexp`` (log of summed probabilities).
-        chunk_elements: Upper bound of ``positions x teacher_vocab`` elements built at once.
+        chunk_elements: Upper bound of ``positions x teacher_vocab`` elements reduced at once (small
+            enough to stay in cache).
+        projection_elements: Upper bound of ``positions x teacher_vocab`` teacher logits computed at once
+            from the teacher's output projection (large enough to read its weight rarely).
     """
 
     name = "reduce"
 
     def __init__(self, token_map, student_pad_id: int, pooling: str = "sum",
-                 chunk_elements: int = 2**24) -> None:
+                 chunk_elements: int = 2**22, projection_elements: int = 2**25) -> None:
         super().__init__(token_map, student_pad_id)
         if pooling not in POOLINGS:
             raise ValueError(f"--pooling: unknown pooling {pooling!r} ({', '.join(POOLINGS)})")
@@ -449,7 +458,11 @@ class ReduceAlignment(Alignment):
             torch.as_tensor(piece_of), torch.as_tensor(_offsets(all_lengths)),
             torch.as_tensor(token_of[order]), torch.as_tensor(_offsets(np.bincount(piece_of, minlength=n_student))),
             torch.as_tensor(weight[order], dtype=torch.float32), self.uncovered, int(matrix.shape[1]), pooling)
-        self.chunk_rows = max(1, chunk_elements // (n_teacher * (matrix.shape[1] if pooling == "logsumexp" else 1)))
+        if pooling == "logsumexp":  # a (rows, teacher_vocab, max_pieces) gather per chunk
+            self.chunk_rows = max(1, 4 * chunk_elements // (n_teacher * matrix.shape[1]))
+        else:
+            self.chunk_rows = max(1, chunk_elements // n_teacher)
+        self.projection_rows = max(self.chunk_rows, projection_elements // n_teacher)
 
     def to(self, device: torch.device) -> ReduceAlignment:
         for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "uncovered"):
@@ -514,24 +527,27 @@ class ReduceAlignment(Alignment):
             return student_logits.sum() * 0.0
         scores = as_teacher_scores(teacher_logits, batch["t_index"])
         if self.pooling in ("sum", "mean"):
-            total = _MappedKL.apply(pooled, self.linear_map, scores, temperature, self.chunk_rows)
+            total = _MappedKL.apply(pooled, self.linear_map, scores, temperature, self.chunk_rows,
+                                    self.projection_rows)
             return total * temperature**2 / n
+        # logsumexp (not linear): the (n, teacher_vocab) teacher logits at the aligned positions once, then
+        # chunks under checkpointing.
+        teacher_rows = scores.rows(0, n)  # (n, tv)
         total = pooled.new_zeros(())
-
-        def block_kl(chunk: torch.Tensor, start: int) -> torch.Tensor:
-            return self._kl_dense(chunk, scores.rows(start, start + chunk.shape[0]), temperature)
-
         for start in range(0, n, self.chunk_rows):
+            stop = start + self.chunk_rows
             # Recompute the (chunk, teacher_vocab) tensors in backward instead of keeping them all; the
-            # checkpoint keeps only its inputs (a view of pooled and the teacher scores by reference).
-            total = total + checkpoint(block_kl, pooled[start:start + self.chunk_rows], start, use_reentrant=False)
+            # checkpoint keeps only its inputs (views of pooled and of the teacher rows).
+            total = total + checkpoint(self._kl_dense, pooled[start:stop], teacher_rows[start:stop], temperature,
+                                       use_reentrant=False)
         return total / n
 
     def teacher_topk(self, batch, teacher_logits, temperature, k):
         scores = as_teacher_scores(teacher_logits, batch["t_index"])
+        columns = self.cov_ids if len(self.uncovered) else None  # every token covered: no column copy
         ids_out, val_out = [], []
-        for start in range(0, len(scores), self.chunk_rows):
-            rows = scores.rows(start, min(start + self.chunk_rows, len(scores)), columns=self.cov_ids)  # (c, cov)
+        for start in range(0, len(scores), self.projection_rows):
+            rows = scores.rows(start, min(start + self.projection_rows, len(scores)), columns=columns)  # (c, cov)
             t_logp = F.log_softmax(rows.div_(temperature), dim=-1)
             values, ids = t_logp.topk(min(k, t_logp.shape[-1]), dim=-1)  # (c, k) ids into the covered list
             ids_out.append(ids)
