@@ -186,7 +186,7 @@ class _LinearMap:
         total = probs.sum(0)  # (c,)
         if len(self.uncovered):
             scaled.index_fill_(0, self.uncovered, 0.0)  # 0 * -inf would be nan in the dot product below
-        dot = torch.linalg.vecdot(probs, scaled, dim=0)  # (c,) sum_t e_t l_t
+        dot = torch.mul(probs, scaled, out=scaled).sum(0)  # (c,) sum_t e_t l_t (scaled is not needed after)
         entropy = dot / total - total.log()  # sum P log P with P = e / total, log P = l - log total
         mass = self._to_pieces(probs).div_(total).t()  # (c, sv) P @ M^T
         return mass, entropy
@@ -244,7 +244,10 @@ class _MappedKL(torch.autograd.Function):
                                                           pooled.device))  # (tv, tc)
             for start in range(t_start, t_stop, block):
                 stop = min(start + block, t_stop)
-                t_mass, entropy = linear_map.teacher_side(logits[:, start - t_start:stop - t_start])  # (c, sv), (c,)
+                block_logits = logits[:, start - t_start:stop - t_start]  # (tv, c) strided view
+                if block_logits.shape[1] != logits.shape[1]:  # a contiguous copy: strided reductions are slower
+                    block_logits = linear_map.buffer("block", block_logits.shape, pooled.device).copy_(block_logits)
+                t_mass, entropy = linear_map.teacher_side(block_logits)  # (c, sv), (c,)
                 p = pooled[start:stop].float()  # (c, sv)
                 s_mass, lse = linear_map.student_side(p)
                 # KL = sum P log P - sum P mapped + lse; the last two nearly cancel for large scores: float64
