@@ -195,10 +195,11 @@ class _LinearMap:
         """``(softmax(p @ M) @ M^T, logsumexp(p @ M))`` of ``(c, student_vocab)`` pooled scores ``p``."""
         columns = pooled.t().contiguous()  # (sv, c)
         top = columns.amax(0)  # (c,)
-        # An upper bound of every mapped score (a sum of <= max_pieces scores <= top, or their mean), so
-        # exp never overflows without a pass to find the exact maximum; columns where the bound is so
-        # loose that the sum underflows are redone below with the exact maximum.
-        shift = top if self.pooling == "mean" else torch.where(top > 0, top * self.max_pieces, top)
+        # A shift >= every mapped score (a sum of <= max_pieces scores <= top, or their mean), so exp never
+        # overflows without a pass to find the exact maximum. Pooled log-probabilities are <= 0, so the
+        # shift is 0 and not even subtracted; columns where it is so loose that the sum underflows are redone
+        # below with the exact maximum.
+        shift = top.clamp_min(0.0) * (1 if self.pooling == "mean" else self.max_pieces)
         mass, lse = self._student_block(columns, shift)
         bad = ~(lse > shift.double() - 60.0)  # partition sum below e^-60 (or nan): redo exactly
         if bool(bad.any()):
@@ -212,7 +213,9 @@ class _LinearMap:
 
     def _student_block(self, columns: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mapped = F.embedding_bag(self.token_pieces, columns, self.token_offsets, mode=self.pooling)  # (tv, c) p @ M
-        probs = mapped.sub_(shift).exp_()  # (tv, c) unnormalised softmax, in place
+        if bool(shift.any()):
+            mapped.sub_(shift)
+        probs = mapped.exp_()  # (tv, c) unnormalised softmax, in place
         if len(self.uncovered):
             probs.index_fill_(0, self.uncovered, 0.0)
         total = probs.sum(0)  # (c,)
