@@ -149,10 +149,12 @@ def materialise_teacher_logits(alignment, scores, approximate: bool) -> None:
         return
     step = alignment.projection_rows
     for start in range(0, len(scores), step):
+        stop = min(start + step, len(scores))
         if approximate:  # teacher_topk: (positions, vocab) blocks
-            scores.rows(start, min(start + step, len(scores)))
-        else:  # the exact reduce KL: (vocab, positions) blocks
-            scores.rows_t(start, min(start + step, len(scores)))
+            scores.rows(start, stop)
+        else:  # the exact reduce KL: (vocab, positions) blocks, into the buffer the KL reuses
+            buffer = alignment.linear_map.buffer("teacher", (scores.vocab_size, stop - start), scores.device)
+            scores.rows_t(start, stop, out=buffer)
 
 
 def bench_alignment(name: str, args, teacher, student, tmap, multi_ids, kl_support: str = "full") -> dict:
