@@ -222,7 +222,8 @@ def bench_alignment(name: str, args, teacher, student, tmap, multi_ids, kl_suppo
 def kl_difference(module, alignment, batch, t_out, config) -> dict:
     """The approximate (top-k) KL and its gradient against the exact ones on the same batch."""
     module.zero_grad(set_to_none=True)
-    aligned = alignment.student_outputs(module.student, batch, None, False)
+    masked = module.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    aligned = alignment.student_outputs(module.student, batch, masked, False)
     logits = aligned.logits.detach().requires_grad_()
     exact = alignment.kl(batch, logits, t_out.logits, config.temperature)
     (grad_exact,) = torch.autograd.grad(exact, logits)
