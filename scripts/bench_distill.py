@@ -44,6 +44,7 @@ import torch
 from distilrubert.align import make_alignment
 from distilrubert.distill import DistillConfig, DistillModule
 from distilrubert.losses import layer_pairs, mlm_loss
+from distilrubert.teacher_head import supports_lazy_head, teacher_forward
 from distilrubert.tokenmap import TokenMap
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -141,16 +142,40 @@ def timed_round_robin(functions: dict, rounds: int) -> dict[str, float]:
     return {name: min(values) for name, values in times.items()}
 
 
-def bench_alignment(name: str, args, teacher, student, tmap, multi_ids) -> dict:
+def materialise_teacher_logits(alignment, scores, approximate: bool) -> None:
+    """Compute (and drop) the teacher logits the alignment's KL reads, in the blocks it reads them."""
+    if alignment.name == "match":
+        scores.rows(0, len(scores), columns=alignment.inter_teacher)
+        return
+    step = alignment.projection_rows
+    for start in range(0, len(scores), step):
+        stop = min(start + step, len(scores))
+        if approximate:  # teacher_topk: (positions, vocab) blocks
+            scores.rows(start, stop)
+        else:  # the exact reduce KL: (vocab, positions) blocks, into the buffer the KL reuses
+            buffer = alignment.linear_map.buffer("teacher", (scores.vocab_size, stop - start), scores.device)
+            scores.rows_t(start, stop, out=buffer)
+
+
+def bench_alignment(name: str, args, teacher, student, tmap, multi_ids, kl_support: str = "full") -> dict:
     config = DistillConfig(teacher="synthetic", student="synthetic", corpus=["synthetic"], output="unused",
-                           alignment=name)
+                           alignment=name, kl_support=kl_support, kl_top_k=args.kl_top_k)
     alignment = make_alignment(name, tmap, 0, config.pooling)
     pairs = layer_pairs(config.layer_mapping, 3, args.teacher_layers)
     module = DistillModule(student, alignment, config, pairs, args.teacher_dim)
     module._teacher_layers = args.teacher_layers
     batch, _ = synthetic_batch(tmap, alignment, multi_ids, args.batch_size, args.length, seed=1)
+    assert supports_lazy_head(teacher)
 
-    def teacher_forward():
+    def teacher_lazy():  # the encoder; the output projection is applied where the loss reads it
+        return teacher_forward(teacher, batch, output_hidden_states=True)
+
+    def teacher_step():  # what the teacher costs in a step: encoder + projection at the aligned rows
+        out = teacher_lazy()
+        materialise_teacher_logits(alignment, out.logits, kl_support != "full")
+        return out
+
+    def teacher_full_head():  # for reference: the plain forward, logits at every position and token
         with torch.no_grad():
             return teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
                            output_hidden_states=True)
@@ -167,22 +192,51 @@ def bench_alignment(name: str, args, teacher, student, tmap, multi_ids) -> dict:
 
     def full_step():
         module.zero_grad(set_to_none=True)
-        t_out = teacher_forward()
+        t_out = teacher_lazy()
         losses = module(batch, teacher_logits=t_out.logits, teacher_hidden=t_out.hidden_states)
         losses["loss"].backward()
 
-    best = timed_round_robin({"teacher": teacher_forward, "student": student_only, "full": full_step}, args.steps)
+    functions = {"teacher": teacher_step, "student": student_only, "full": full_step}
+    if args.full_head:
+        functions["teacher_full_head"] = teacher_full_head
+    best = timed_round_robin(functions, args.steps)
     t_teacher, t_student, t_full = best["teacher"], best["student"], best["full"]
     tokens = int(batch["attention_mask"].sum())
     overhead = t_full - t_teacher - t_student
-    return {
-        "alignment": name, "teacher_shape": list(batch["teacher_input_ids"].shape),
+    result = {
+        "alignment": name, "kl_support": kl_support if kl_support == "full" else f"{kl_support} (k={args.kl_top_k})",
+        "teacher_shape": list(batch["teacher_input_ids"].shape),
         "student_shape": list(batch["input_ids"].shape), "aligned_positions": len(batch["t_index"]),
         "teacher_forward_s": round(t_teacher, 3), "student_fwd_bwd_s": round(t_student, 3),
         "full_step_s": round(t_full, 3), "overhead_s": round(overhead, 3),
         "overhead_share": round(overhead / (t_teacher + t_student), 3),
         "student_tokens_per_s": round(tokens / t_full, 1),
     }
+    if args.full_head:
+        result["teacher_forward_full_head_s"] = round(best["teacher_full_head"], 3)
+    if kl_support != "full":
+        result.update(kl_difference(module, alignment, batch, teacher_lazy(), config))
+    return result
+
+
+def kl_difference(module, alignment, batch, t_out, config) -> dict:
+    """The approximate (top-k) KL and its gradient against the exact ones on the same batch."""
+    module.zero_grad(set_to_none=True)
+    masked = module.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    aligned = alignment.student_outputs(module.student, batch, masked, False)
+    logits = aligned.logits.detach().requires_grad_()
+    exact = alignment.kl(batch, logits, t_out.logits, config.temperature)
+    (grad_exact,) = torch.autograd.grad(exact, logits)
+    ids, logp = alignment.teacher_topk(batch, t_out.logits, config.temperature, config.kl_top_k)
+    approx = alignment.kl_topk(batch, logits, ids, logp, config.temperature)
+    (grad_approx,) = torch.autograd.grad(approx, logits)
+    cosine = torch.nn.functional.cosine_similarity(grad_exact.flatten(), grad_approx.flatten(), dim=0)
+    mass = logp.float().exp().sum(-1)  # (n,) teacher probability mass inside the top-k
+    return {"kl_exact": round(float(exact), 4), "kl_top_k": round(float(approx), 4),
+            "kl_relative_difference": round(float(approx - exact) / float(exact), 4),
+            "gradient_cosine": round(float(cosine), 4),
+            "teacher_mass_in_top_k_mean": round(float(mass.mean()), 4),
+            "teacher_mass_in_top_k_min": round(float(mass.min()), 4)}
 
 
 def bench_memory(args, teacher, student, tmap, multi_ids) -> dict:
@@ -193,10 +247,9 @@ def bench_memory(args, teacher, student, tmap, multi_ids) -> dict:
     module = DistillModule(student, alignment, config, pairs, args.teacher_dim)
     batch, _ = synthetic_batch(tmap, alignment, multi_ids, args.batch_size, args.length, seed=1)
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 - MiB on Linux
+    supports_lazy_head(teacher)  # the one-off 4-token probe, before the baseline
     base = rss()
-    with torch.no_grad():
-        t_out = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
-                        output_hidden_states=True)
+    t_out = teacher_forward(teacher, batch, output_hidden_states=True)  # the projection runs inside the KL
     after_teacher = rss()
     losses = module(batch, teacher_logits=t_out.logits, teacher_hidden=t_out.hidden_states)
     losses["loss"].backward()
@@ -205,9 +258,10 @@ def bench_memory(args, teacher, student, tmap, multi_ids) -> dict:
     return {
         "models_and_batch_peak_mib": round(base), "teacher_forward_adds_mib": round(after_teacher - base),
         "full_reduce_step_adds_mib": round(after_step - base),
-        "teacher_logits_mib": round(t_out.logits.numel() * 4 / 2**20),
+        "full_teacher_logits_would_be_mib": round(batch["teacher_input_ids"].numel() * vocab * 4 / 2**20),
         "one_dense_positions_x_teacher_vocab_fp32_mib": round(n * vocab * 4 / 2**20),
         "aligned_positions": n, "chunk_rows": alignment.chunk_rows,
+        "projection_rows": alignment.projection_rows,
     }
 
 
@@ -239,8 +293,7 @@ def bench_cache(args, teacher, student, tmap, multi_ids) -> dict:
         def miss_step():  # first epoch: teacher forward, store the top-k, train on it
             cache.filled[:] = 0
             module.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                t_out = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"])
+            t_out = teacher_forward(teacher, batch)
             ids, logp = alignment.teacher_topk(batch, t_out.logits, config.temperature, cache.k)
             cache.put(batch, ids, logp)
             module(batch, topk=(ids, logp))["loss"].backward()
@@ -268,6 +321,11 @@ def main() -> None:
     parser.add_argument("--teacher-layers", type=int, default=12)
     parser.add_argument("--teacher-dim", type=int, default=768)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kl-support", nargs="+", default=["full"], choices=["full", "teacher-top-k"],
+                        help="KL supports to time (teacher-top-k also reports its difference from the exact KL).")
+    parser.add_argument("--kl-top-k", type=int, default=1024)
+    parser.add_argument("--full-head", action="store_true",
+                        help="Also time the plain teacher forward (logits at every position, whole vocabulary).")
     parser.add_argument("--memory", action="store_true", help="Only measure the reduce step's peak memory.")
     parser.add_argument("--cache", action="store_true", help="Only measure the teacher-cache speed-up.")
     parser.add_argument("--output", type=Path, default=None, help="Also write the results as JSON here.")
@@ -286,8 +344,8 @@ def main() -> None:
     elif args.cache:
         result["cache"] = bench_cache(args, teacher, student, tmap, multi_ids)
     else:
-        result["throughput"] = [bench_alignment(name, args, teacher, student, tmap, multi_ids)
-                                for name in args.alignment]
+        result["throughput"] = [bench_alignment(name, args, teacher, student, tmap, multi_ids, support)
+                                for name in args.alignment for support in args.kl_support]
     result["seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(result, ensure_ascii=False, indent=2)
     print(text)

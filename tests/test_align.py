@@ -135,8 +135,80 @@ def test_fused_reduce_kl_value_and_gradient_match_autograd(token_map, pooling):
     grad_fused = pooled.grad.clone()
     pooled.grad = None
     logp = torch.log_softmax(pooled, dim=-1)
-    reference = torch.stack([align._kl_chunk(logp[i:i + 1], teacher_logits[0], torch.tensor([i]), 1.0)
+    reference = torch.stack([align._kl_dense(logp[i:i + 1], teacher_logits[0, i:i + 1], 1.0)
                              for i in range(5)]).sum() / 5
     reference.backward()
     assert float(fused.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
     assert torch.allclose(grad_fused, pooled.grad, atol=1e-5)
+
+
+def _fused_and_dense(align, pooled, teacher_rows, temperature):
+    """The fused reduce KL and the autograd reference on the same pooled scores: values and gradients."""
+    from distilrubert.align import _MappedKL
+    from distilrubert.teacher_head import TeacherScores
+
+    pooled = pooled.clone().requires_grad_()
+    scores = TeacherScores.from_logits(teacher_rows[None], torch.arange(len(teacher_rows)))
+    fused = _MappedKL.apply(pooled, align.linear_map, scores, temperature, align.chunk_rows, 2 * align.chunk_rows)
+    (grad_fused,) = torch.autograd.grad(fused, pooled)
+    dense = align._kl_dense(pooled, teacher_rows, temperature) / temperature**2  # _MappedKL has no T^2
+    (grad_dense,) = torch.autograd.grad(dense, pooled)
+    return fused.detach(), grad_fused, dense.detach(), grad_dense
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_fused_reduce_kl_exact_when_the_shift_bound_underflows(token_map, pooling):
+    # Every pooled score is -100 except "при", which is in no single-piece teacher token: all mapped scores
+    # are <= -100 below the cheap shift bound (0), so exp underflows and the rows are redone exactly.
+    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, chunk_elements=20)
+    pooled = torch.full((3, len(STUDENT)), -100.0)
+    pooled[:, STUDENT["при"]] = 0.0
+    pooled[1, STUDENT["мир"]] = -101.0
+    teacher_rows = torch.randn(3, len(TEACHER), generator=torch.Generator().manual_seed(3))
+    fused, grad_fused, dense, grad_dense = _fused_and_dense(align, pooled, teacher_rows, 2.0)
+    assert torch.isfinite(fused) and torch.isfinite(grad_fused).all()
+    assert float(fused) == pytest.approx(float(dense), rel=1e-4)  # fp32 rounding of scores of size 100
+    assert torch.allclose(grad_fused, grad_dense, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_fused_reduce_kl_with_uncovered_tokens_and_extreme_teacher_logits(token_map, pooling):
+    # "中" (uncovered) gets the teacher's largest logit: it must not leak into the covered distribution.
+    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, chunk_elements=9 * 2)
+    generator = torch.Generator().manual_seed(4)
+    pooled = torch.log_softmax(torch.randn(5, len(STUDENT), generator=generator) * 3, dim=-1)
+    teacher_rows = torch.randn(5, len(TEACHER), generator=generator) * 5
+    teacher_rows[:, TEACHER["中"]] = 1e4
+    fused, grad_fused, dense, grad_dense = _fused_and_dense(align, pooled, teacher_rows, 2.0)
+    assert float(fused) == pytest.approx(float(dense), rel=1e-5)
+    assert torch.allclose(grad_fused, grad_dense, atol=1e-5)
+
+
+@pytest.mark.parametrize("alignment", ["match", "reduce"])
+def test_kl_from_lazy_teacher_head_equals_kl_from_full_logits(token_map, alignment):
+    from distilrubert.teacher_head import TeacherScores
+
+    generator = torch.Generator().manual_seed(5)
+    t_seqs = [np.array([2, 5, 6, 7, 8, 3]), np.array([2, 6, 3])]
+    s_seqs = [np.array([2, 5, 6, 7, 8, 3]), np.array([2, 7, 3])]
+    align = (MatchAlignment(token_map, 0) if alignment == "match"
+             else ReduceAlignment(token_map, 0, chunk_elements=2 * len(TEACHER)))
+    extra = align.collate(t_seqs, s_seqs, teacher_width=6, student_width=6)
+    batch = {k: torch.as_tensor(v) for k, v in extra.items()}
+    batch["teacher_input_ids"] = torch.zeros(2, 6, dtype=torch.long)
+    width = batch["reduce_input_ids"].shape[1] if alignment == "reduce" else 6
+    student_logits = torch.randn(2, width, len(STUDENT), generator=generator)
+    inputs = torch.randn(2, 6, 4, generator=generator)
+    weight, bias = torch.randn(len(TEACHER), 4, generator=generator), torch.randn(len(TEACHER), generator=generator)
+    full = inputs @ weight.t() + bias  # (2, 6, teacher_vocab)
+    lazy = TeacherScores(inputs.reshape(-1, 4)[batch["t_index"]], weight, bias)
+    a, b = student_logits.clone().requires_grad_(), student_logits.clone().requires_grad_()
+    kl_full = align.kl(batch, a, full, 2.0)
+    kl_lazy = align.kl(batch, b, lazy, 2.0)
+    kl_full.backward()
+    kl_lazy.backward()
+    assert float(kl_lazy.detach()) == pytest.approx(float(kl_full.detach()), rel=1e-5)
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    ids_full, logp_full = align.teacher_topk(batch, full, 2.0, k=3)
+    ids_lazy, logp_lazy = align.teacher_topk(batch, lazy, 2.0, k=3)
+    assert torch.equal(ids_full, ids_lazy) and torch.allclose(logp_full, logp_lazy, atol=1e-5)

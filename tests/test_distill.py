@@ -89,6 +89,26 @@ def test_teacher_cache_skips_the_teacher_after_the_first_epoch(tmp_path, models,
     assert all(r["kl"] >= 0 for r in train)
 
 
+@pytest.mark.parametrize("alignment", ["match", "reduce"])
+def test_kl_support_teacher_top_k_is_the_full_kl_when_k_covers_the_support(tmp_path, models, tiny_corpus, alignment):
+    def first_kl(name: str, *extra: str) -> tuple[float, float]:
+        out = tmp_path / name
+        assert main(_args(models, tiny_corpus, out, tmp_path / "cache", "--alignment", alignment, "--max-steps", "2",
+                          "--log-every", "1", "--eval-every", "2", "--save-every", "0", *extra)) == 0
+        train, valid = _metrics(out)
+        return train[0]["kl"], valid[-1]["valid_kl"]
+
+    full_kl, full_valid = first_kl("full")
+    wide_kl, wide_valid = first_kl("wide", "--kl-support", "teacher-top-k", "--kl-top-k", "1000000")
+    narrow_kl, _ = first_kl("narrow", "--kl-support", "teacher-top-k", "--kl-top-k", "4")
+    assert wide_kl == pytest.approx(full_kl, rel=1e-4)
+    assert narrow_kl != pytest.approx(full_kl, rel=1e-3)  # an approximation on 4 tokens
+    assert narrow_kl >= 0
+    assert wide_valid == pytest.approx(full_valid, rel=1e-4)  # validation always takes the full KL
+    with pytest.raises(SystemExit):
+        main(_args(models, tiny_corpus, tmp_path / "bad", tmp_path / "cache", "--kl-top-k", "0"))
+
+
 def test_cache_requires_no_hidden_loss(tmp_path, models, tiny_corpus):
     with pytest.raises(SystemExit):  # argparse error: invalid combination, exit 2
         main(_args(models, tiny_corpus, tmp_path / "o", tmp_path / "c", "--cache-teacher", "top-k"))

@@ -30,7 +30,6 @@ logsumexp map a gather from it: no dense one-hot matrix anywhere.
 from __future__ import annotations
 
 import bisect
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from distilrubert.losses import kl_log_probs
+from distilrubert.teacher_head import as_teacher_scores
 
 __all__ = ["ALIGNMENTS", "POOLINGS", "Alignment", "MatchAlignment", "ReduceAlignment", "make_alignment",
            "match_positions", "match_positions_ids", "pool_rows"]
@@ -118,45 +118,163 @@ def pool_rows(values: torch.Tensor, owner: torch.Tensor, n_rows: int, pooling: s
     raise ValueError(f"--pooling: unknown pooling {pooling!r} (sum, mean, logsumexp)")
 
 
-class _MappedKL(torch.autograd.Function):
-    """Sum over aligned positions of ``KL(P_teacher || softmax(map @ pooled))``, gradient made in the forward.
+_EXP_FLOOR = -87.0  # exp(-87) ~ 1.6e-38, just above the smallest normal float32 (1.18e-38)
 
-    ``map`` is the sparse ``(n_covered, student_vocab)`` matrix of the linear (sum / mean) reduce map. The
-    gradient with respect to the mapped scores is ``softmax(mapped) - P``, so each chunk of positions
-    hands back ``map.T @ (softmax(mapped) - P)`` at once: nothing of size ``(positions, teacher_vocab)``
-    outlives its chunk, nothing is recomputed, and the backward pass is one multiplication. The student
-    side runs in the ``(teacher_vocab, positions)`` layout that sparse-times-dense products produce.
+
+class _LinearMap:
+    """The linear (``sum`` / ``mean``) reduce map between student pieces and teacher tokens, and its two sides.
+
+    ``M`` is the sparse ``(student_vocab, teacher_vocab)`` matrix with ``M[s, t]`` = the weight of piece ``s``
+    in teacher token ``t`` (1, or ``1 / len(t)`` for ``mean``; 0 for uncovered tokens). A block of ``c``
+    aligned positions with pooled student log-probabilities ``p`` (``(c, student_vocab)``) has mapped scores
+    ``p @ M``; with teacher probabilities ``P`` (``(c, teacher_vocab)``, zero on uncovered tokens)
+
+        KL = sum_t P log P - p . (P @ M^T) + logsumexp_t(p @ M)   (sum over covered t only)
+        dKL/dp = softmax(p @ M) @ M^T - P @ M^T
+
+    so the teacher side reduces to ``(c, student_vocab)`` masses and an entropy, the student side to a
+    log-partition and a mass, and the two ``(teacher_vocab, c)`` blocks never meet: each is built once,
+    reduced in place and dropped. Both run in the ``(teacher_vocab, c)`` layout: ``p @ M`` is an
+    ``embedding_bag`` of the columns of ``p`` over each teacher token's pieces, ``X @ M^T`` one over each
+    student piece's teacher tokens, and the teacher projection writes that layout directly.
+
+    Args:
+        token_pieces: ``(nnz,)`` student pieces of every teacher token, concatenated (uncovered: none).
+        token_offsets: ``(teacher_vocab,)`` start of each teacher token's pieces in ``token_pieces``.
+        piece_tokens, piece_offsets, piece_weights: the transpose: for each student piece, the teacher
+            tokens that contain it and ``M[s, t]``.
+        uncovered: ``(u,)`` teacher ids without a student spelling.
+        max_pieces: Most pieces of one teacher token.
+        pooling: ``sum`` or ``mean``.
+    """
+
+    def __init__(self, token_pieces: torch.Tensor, token_offsets: torch.Tensor, piece_tokens: torch.Tensor,
+                 piece_offsets: torch.Tensor, piece_weights: torch.Tensor, uncovered: torch.Tensor,
+                 max_pieces: int, pooling: str) -> None:
+        self.token_pieces, self.token_offsets = token_pieces, token_offsets
+        self.piece_tokens, self.piece_offsets, self.piece_weights = piece_tokens, piece_offsets, piece_weights
+        self.uncovered = uncovered
+        self.max_pieces = max_pieces
+        self.pooling = pooling
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def to(self, device: torch.device) -> _LinearMap:
+        for name in ("token_pieces", "token_offsets", "piece_tokens", "piece_offsets", "piece_weights", "uncovered"):
+            setattr(self, name, getattr(self, name).to(device))
+        self._buffers = {}
+        return self
+
+    def buffer(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A reused work buffer (fresh large allocations cost page faults on every block)."""
+        key = (name, device)
+        held = self._buffers.get(key)
+        if held is None or held.numel() < int(np.prod(shape)):
+            held = self._buffers[key] = torch.empty(int(np.prod(shape)), device=device)
+        return held[: int(np.prod(shape))].view(shape)
+
+    def _to_pieces(self, columns: torch.Tensor) -> torch.Tensor:
+        """``(student_vocab, c)`` = ``M @ columns`` for ``(teacher_vocab, c)`` columns."""
+        return F.embedding_bag(self.piece_tokens, columns, self.piece_offsets, mode="sum",
+                               per_sample_weights=self.piece_weights)
+
+    def teacher_side(self, scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P @ M^T, sum P log P)``, ``(c, sv)`` and ``(c,)``, from ``(teacher_vocab, c)`` logits / T.
+
+        ``scaled`` is modified in place.
+        """
+        if len(self.uncovered):
+            scaled.index_fill_(0, self.uncovered, float("-inf"))  # outside the support
+        scaled.sub_(scaled.amax(0, keepdim=True))  # (tv, c) log-probabilities up to the log-partition
+        probs = torch.exp(scaled, out=self.buffer("probs", scaled.shape, scaled.device))  # (tv, c) unnormalised
+        total = probs.sum(0)  # (c,)
+        if len(self.uncovered):
+            scaled.index_fill_(0, self.uncovered, 0.0)  # 0 * -inf would be nan in the dot product below
+        dot = torch.mul(probs, scaled, out=scaled).sum(0)  # (c,) sum_t e_t l_t (scaled is not needed after)
+        entropy = dot / total - total.log()  # sum P log P with P = e / total, log P = l - log total
+        mass = self._to_pieces(probs).div_(total).t()  # (c, sv) P @ M^T
+        return mass, entropy
+
+    def student_side(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(softmax(p @ M) @ M^T, logsumexp(p @ M))`` of ``(c, student_vocab)`` pooled scores ``p``."""
+        columns = pooled.t().contiguous()  # (sv, c)
+        top = columns.amax(0)  # (c,)
+        # A shift >= every mapped score (a sum of <= max_pieces scores <= top, or their mean), so exp never
+        # overflows without a pass to find the exact maximum. Pooled log-probabilities are <= 0, so the
+        # shift is 0 and not even subtracted; columns where it is so loose that the sum underflows are redone
+        # below with the exact maximum.
+        shift = top.clamp_min(0.0) * (1 if self.pooling == "mean" else self.max_pieces)
+        mass, lse = self._student_block(columns, shift)
+        bad = ~(lse > shift.double() - 40.0)  # partition sum below e^-40 (or nan): redo exactly
+        if bool(bad.any()):
+            cols = bad.nonzero().squeeze(1)
+            sub = columns[:, cols].contiguous()  # (sv, r)
+            exact = F.embedding_bag(self.token_pieces, sub, self.token_offsets, mode=self.pooling)  # (tv, r)
+            if len(self.uncovered):
+                exact.index_fill_(0, self.uncovered, float("-inf"))
+            mass[cols], lse[cols] = self._student_block(sub, exact.amax(0))
+        return mass, lse
+
+    def _student_block(self, columns: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mapped = F.embedding_bag(self.token_pieces, columns, self.token_offsets, mode=self.pooling)  # (tv, c) p @ M
+        if bool(shift.any()):
+            mapped.sub_(shift)
+        # Below e^-87 exp gives fp32 denormals, which make every later pass many times slower; flooring the
+        # exponent there changes the partition sum by < teacher_vocab * e^-87, under 1e-15 of any sum kept
+        # (smaller sums, < e^-40, are redone with the exact maximum).
+        probs = mapped.clamp_min_(_EXP_FLOOR).exp_()  # (tv, c) unnormalised softmax, in place
+        if len(self.uncovered):
+            probs.index_fill_(0, self.uncovered, 0.0)
+        total = probs.sum(0)  # (c,)
+        mass = self._to_pieces(probs).div_(total).t()  # (c, sv)
+        return mass, total.log().double() + shift.double()  # (c, sv), (c,) float64
+
+
+class _MappedKL(torch.autograd.Function):
+    """Sum over aligned positions of ``KL(P_teacher || softmax(p @ M))``, its gradient made in the forward.
+
+    Blocks of aligned positions: the teacher's logits of a block (computed on demand from its output
+    projection, :class:`distilrubert.teacher_head.TeacherScores`) and the block's mapped student scores
+    are each reduced to ``(block, student_vocab)`` (:class:`_LinearMap`); the gradient with respect to
+    the pooled scores is kept for backward, nothing of size ``(positions, teacher_vocab)`` is.
     """
 
     @staticmethod
-    def forward(ctx, pooled, map_forward, map_back, teacher_flat, rows, cov_ids, temperature, chunk):
-        # pooled: (n, student_vocab) student log-probs; teacher_flat: (batch * t_len, teacher_vocab) logits;
-        # rows: (n,) flat teacher positions; map_forward: sparse (n_cov, student_vocab); map_back: its transpose
-        loss = pooled.new_zeros((), dtype=torch.float32)
-        grads = []
-        for start in range(0, pooled.shape[0], chunk):
-            t_rows = teacher_flat[rows[start:start + chunk, None], cov_ids[None, :]].float()  # (c, n_cov)
-            t_logp = F.log_softmax(t_rows.div_(temperature), dim=-1)  # teacher over the covered tokens
-            target = t_logp.exp()  # (c, n_cov)
-            entropy = (target * t_logp).sum(-1)  # (c,) sum P log P
-            del t_rows, t_logp
-            target = target.t().contiguous()  # (n_cov, c)
-            mapped = torch.sparse.mm(map_forward, pooled[start:start + chunk].float().t().contiguous())  # (n_cov, c)
-            cross = (target * mapped).sum(0)  # (c,) sum_t P_t mapped_t
-            top = mapped.amax(0, keepdim=True)  # (1, c)
-            probs = mapped.sub_(top).exp_()  # (n_cov, c) unnormalised, in place
-            total = probs.sum(0, keepdim=True)
-            # KL = sum_t P_t (log P_t - mapped_t + lse), with sum_t P_t = 1
-            loss += (entropy - cross + (top + total.log()).squeeze(0)).sum()
-            grad_mapped = probs.div_(total).sub_(target)  # (n_cov, c) softmax - P, in place
-            grads.append(torch.sparse.mm(map_back, grad_mapped).t())  # (c, student_vocab)
-        ctx.save_for_backward(torch.cat(grads).to(pooled.dtype))
-        return loss
+    def forward(ctx, pooled, linear_map, teacher, temperature, block, teacher_block):
+        # pooled: (n, student_vocab) student log-probs pooled per aligned position; teacher: TeacherScores
+        n = pooled.shape[0]
+        loss = torch.zeros((), dtype=torch.float64, device=pooled.device)
+        grad = torch.empty(pooled.shape, dtype=torch.float32, device=pooled.device)  # (n, student_vocab)
+        for t_start in range(0, n, teacher_block):
+            t_stop = min(t_start + teacher_block, n)
+            # The teacher projection in large blocks (its weight is read once per block), the rest in small
+            # blocks whose (teacher_vocab, block) tensors stay in cache.
+            logits = teacher.rows_t(t_start, t_stop, scale=1.0 / temperature,
+                                    out=linear_map.buffer("teacher", (teacher.vocab_size, t_stop - t_start),
+                                                          pooled.device))  # (tv, tc)
+            for start in range(t_start, t_stop, block):
+                stop = min(start + block, t_stop)
+                block_logits = logits[:, start - t_start:stop - t_start]  # (tv, c) strided view
+                if block_logits.shape[1] != logits.shape[1]:  # a contiguous copy: strided reductions are slower
+                    block_logits = linear_map.buffer("block", block_logits.shape, pooled.device).copy_(block_logits)
+                t_mass, entropy = linear_map.teacher_side(block_logits)  # (c, sv), (c,)
+                p = pooled[start:stop].float()  # (c, sv)
+                s_mass, lse = linear_map.student_side(p)
+                # KL = sum P log P - sum P mapped + lse; the last two nearly cancel for large scores: float64
+                cross = torch.linalg.vecdot(p.double(), t_mass.double())  # (c,) sum_t P_t mapped_t
+                loss += (entropy.double() - cross + lse).sum()
+                torch.sub(s_mass, t_mass, out=grad[start:stop])
+        ctx.save_for_backward(grad.to(pooled.dtype))
+        return loss.to(torch.float32)
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad_pooled,) = ctx.saved_tensors
-        return grad_pooled * grad_output, None, None, None, None, None, None, None
+        return grad_pooled * grad_output, None, None, None, None, None
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """Start of each group in a concatenation of groups of ``lengths`` (``embedding_bag`` offsets)."""
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
 
 def _pad(seqs: Sequence[np.ndarray], value: int) -> np.ndarray:
@@ -267,9 +385,9 @@ class MatchAlignment(Alignment):
         return len(self.inter_teacher)
 
     def _teacher_support_logits(self, batch, teacher_logits):
-        t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (batch * t_len, teacher_vocab)
-        # One advanced index: never materialise the (n, teacher_vocab) rows of a 120K vocabulary.
-        return t_flat[batch["t_index"][:, None], self.inter_teacher[None, :]]  # (n, support)
+        scores = as_teacher_scores(teacher_logits, batch["t_index"])
+        # Only the intersection's columns: from the lazy head, a (n, d) x (d, support) product.
+        return scores.rows(0, len(scores), columns=self.inter_teacher)  # (n, support)
 
     def _student_support_logits(self, batch, student_logits):
         rows = student_logits.reshape(-1, student_logits.shape[-1])[batch["s_index"]]  # (n, student_vocab)
@@ -311,13 +429,16 @@ class ReduceAlignment(Alignment):
         token_map: The token map.
         student_pad_id: The student's ``[PAD]`` id.
         pooling: ``sum`` (the released code), ``mean`` or ``logsumexp`` (log of summed probabilities).
-        chunk_elements: Upper bound of ``positions x teacher_vocab`` elements built at once.
+        chunk_elements: Upper bound of ``positions x teacher_vocab`` elements reduced at once (small
+            enough to stay in cache).
+        projection_elements: Upper bound of ``positions x teacher_vocab`` teacher logits computed at once
+            from the teacher's output projection (large enough to read its weight rarely).
     """
 
     name = "reduce"
 
     def __init__(self, token_map, student_pad_id: int, pooling: str = "sum",
-                 chunk_elements: int = 2**24) -> None:
+                 chunk_elements: int = 2**22, projection_elements: int = 2**25) -> None:
         super().__init__(token_map, student_pad_id)
         if pooling not in POOLINGS:
             raise ValueError(f"--pooling: unknown pooling {pooling!r} ({', '.join(POOLINGS)})")
@@ -335,23 +456,30 @@ class ReduceAlignment(Alignment):
         # For logsumexp: pad index points at an extra -inf column appended to the student scores.
         self.gather_index = torch.as_tensor(np.where(matrix >= 0, matrix, n_student))  # (n_cov, max_pieces)
         self.n_student = n_student
-        # The linear (sum / mean) map as sparse matrices: scores = pooled @ map_t, gradients through map_back.
-        rows = np.repeat(np.arange(len(cov_ids)), lengths)
-        cols = matrix[matrix >= 0]
-        weight = np.ones(len(cols)) if pooling != "mean" else 1.0 / np.repeat(lengths, lengths)
-        indices = torch.as_tensor(np.stack([rows, cols]))
-        coo = torch.sparse_coo_tensor(indices, torch.as_tensor(weight, dtype=torch.float32), (len(cov_ids), n_student),
-                                      check_invariants=True).coalesce()  # a piece used twice in a token: summed
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            self.map_forward = coo.to_sparse_csr()  # (n_cov, student_vocab)
-            self.map_back = coo.t().coalesce().to_sparse_csr()  # (student_vocab, n_cov)
-        self.chunk_rows = max(1, chunk_elements // (len(cov_ids) * (matrix.shape[1] if pooling == "logsumexp"
-                                                                     else 1)))
+        # The linear (sum / mean) map M over the whole teacher vocabulary (uncovered tokens: no pieces, masked
+        # out of both softmaxes), as embedding-bag index lists in both directions.
+        n_teacher = len(self.covered_np)
+        all_lengths = np.where(self.covered_np, token_map.lengths, 0)
+        pieces = token_map.teacher_to_student[self.covered_np]
+        self.uncovered = torch.as_tensor(np.flatnonzero(~self.covered_np))
+        token_of = np.repeat(np.arange(n_teacher), all_lengths)  # (nnz,) teacher token of each piece
+        piece_of = pieces[pieces >= 0]  # (nnz,)
+        weight = np.ones(len(piece_of)) if pooling != "mean" else 1.0 / np.repeat(all_lengths, all_lengths)
+        order = np.argsort(piece_of, kind="stable")
+        self.linear_map = _LinearMap(
+            torch.as_tensor(piece_of), torch.as_tensor(_offsets(all_lengths)),
+            torch.as_tensor(token_of[order]), torch.as_tensor(_offsets(np.bincount(piece_of, minlength=n_student))),
+            torch.as_tensor(weight[order], dtype=torch.float32), self.uncovered, int(matrix.shape[1]), pooling)
+        if pooling == "logsumexp":  # a (rows, teacher_vocab, max_pieces) gather per chunk
+            self.chunk_rows = max(1, 4 * chunk_elements // (n_teacher * matrix.shape[1]))
+        else:
+            self.chunk_rows = max(1, chunk_elements // n_teacher)
+        self.projection_rows = max(self.chunk_rows, projection_elements // n_teacher)
 
     def to(self, device: torch.device) -> ReduceAlignment:
-        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "map_forward", "map_back"):
+        for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "uncovered"):
             setattr(self, name, getattr(self, name).to(device))
+        self.linear_map.to(device)
         return self
 
     def collate(self, teacher_seqs, student_seqs, teacher_width, student_width):
@@ -397,10 +525,10 @@ class ReduceAlignment(Alignment):
         padded = torch.cat([pooled, pooled.new_full((pooled.shape[0], 1), float("-inf"))], dim=1)  # (n, sv + 1)
         return padded[:, self.gather_index].logsumexp(-1)  # (n, n_covered, pieces) -> (n, n_covered)
 
-    def _kl_chunk(self, pooled: torch.Tensor, teacher_flat: torch.Tensor, rows: torch.Tensor,
-                  temperature: float) -> torch.Tensor:
-        s_logp = F.log_softmax(self.map_to_teacher(pooled), dim=-1)  # (n, n_covered)
-        t_rows = teacher_flat[rows[:, None], self.cov_ids[None, :]]  # (n, n_covered), one gather
+    def _kl_dense(self, pooled: torch.Tensor, teacher_rows: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Summed KL of ``(c, student_vocab)`` pooled scores against ``(c, teacher_vocab)`` logits, with autograd."""
+        s_logp = F.log_softmax(self.map_to_teacher(pooled), dim=-1)  # (c, n_covered)
+        t_rows = teacher_rows.index_select(1, self.cov_ids)  # (c, n_covered)
         t_logp = F.log_softmax(t_rows.float() / temperature, dim=-1)
         return kl_log_probs(s_logp, t_logp, temperature, reduction="sum")
 
@@ -409,32 +537,36 @@ class ReduceAlignment(Alignment):
         n = pooled.shape[0]
         if n == 0:
             return student_logits.sum() * 0.0
-        t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (batch * t_len, teacher_vocab)
-        total = pooled.new_zeros(())
+        scores = as_teacher_scores(teacher_logits, batch["t_index"])
         if self.pooling in ("sum", "mean"):
-            total = _MappedKL.apply(pooled, self.map_forward, self.map_back, t_flat.detach(), batch["t_index"],
-                                    self.cov_ids, temperature, self.chunk_rows)
+            total = _MappedKL.apply(pooled, self.linear_map, scores, temperature, self.chunk_rows,
+                                    self.projection_rows)
             return total * temperature**2 / n
+        # logsumexp (not linear): the (n, teacher_vocab) teacher logits at the aligned positions once, then
+        # chunks under checkpointing.
+        teacher_rows = scores.rows(0, n)  # (n, tv)
+        total = pooled.new_zeros(())
         for start in range(0, n, self.chunk_rows):
-            rows = batch["t_index"][start:start + self.chunk_rows]
-            chunk = pooled[start:start + self.chunk_rows]
+            stop = start + self.chunk_rows
             # Recompute the (chunk, teacher_vocab) tensors in backward instead of keeping them all; the
-            # checkpoint keeps only its inputs (a view of pooled, the row ids, the teacher logits by reference).
-            total = total + checkpoint(self._kl_chunk, chunk, t_flat, rows, temperature, use_reentrant=False)
+            # checkpoint keeps only its inputs (views of pooled and of the teacher rows).
+            total = total + checkpoint(self._kl_dense, pooled[start:stop], teacher_rows[start:stop], temperature,
+                                       use_reentrant=False)
         return total / n
 
     def teacher_topk(self, batch, teacher_logits, temperature, k):
-        t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])
+        scores = as_teacher_scores(teacher_logits, batch["t_index"])
+        columns = self.cov_ids if len(self.uncovered) else None  # every token covered: no column copy
         ids_out, val_out = [], []
-        for start in range(0, len(batch["t_index"]), self.chunk_rows):
-            rows = t_flat[batch["t_index"][start:start + self.chunk_rows, None], self.cov_ids[None, :]]  # (n, cov)
-            t_logp = F.log_softmax(rows.float() / temperature, dim=-1)
-            values, ids = t_logp.topk(min(k, t_logp.shape[-1]), dim=-1)  # (n, k) ids into the covered list
+        for start in range(0, len(scores), self.projection_rows):
+            rows = scores.rows(start, min(start + self.projection_rows, len(scores)), columns=columns)  # (c, cov)
+            t_logp = F.log_softmax(rows.div_(temperature), dim=-1)
+            values, ids = t_logp.topk(min(k, t_logp.shape[-1]), dim=-1)  # (c, k) ids into the covered list
             ids_out.append(ids)
             val_out.append(values)
         if not ids_out:
-            empty = teacher_logits.new_zeros((0, k))
-            return empty.long(), empty.float()
+            return (torch.zeros((0, k), dtype=torch.long, device=scores.device),
+                    torch.zeros((0, k), device=scores.device))
         return torch.cat(ids_out), torch.cat(val_out)
 
     def kl_topk(self, batch, student_logits, topk_ids, topk_logp, temperature):

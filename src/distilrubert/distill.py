@@ -37,6 +37,7 @@ from torch import nn
 from distilrubert.config import option, to_dict
 from distilrubert.losses import attention_mse, hidden_loss, layer_pairs, mlm_loss
 from distilrubert.runinfo import run_info, write_json
+from distilrubert.teacher_head import teacher_forward
 from distilrubert.trainer import TrainOptions
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ class DistillConfig(TrainOptions):
     cache_teacher: Literal["none", "top-k"] = option(
         "none", "Cache the teacher's top-k log-probabilities on disk so later epochs skip the teacher.")
     cache_top_k: int = option(64, "k of --cache-teacher top-k.")
+    kl_support: Literal["full", "teacher-top-k"] = option(
+        "full", "Support of the training KL: full (exact: every token of the alignment's support) or "
+        "teacher-top-k (an approximation: the teacher's --kl-top-k tokens per position, both distributions "
+        "renormalised over them, as the teacher cache does). Validation always uses the full KL.")
+    kl_top_k: int = option(1024, "k of --kl-support teacher-top-k.")
     revision: str | None = option(None, "Teacher revision (branch, tag or commit) on the Hub.")
     trust_remote_code: bool = option(False, "Allow custom model code from the teacher's repository.")
 
@@ -83,6 +89,8 @@ class DistillConfig(TrainOptions):
             raise ValueError("--alpha-kl/--alpha-mlm/--alpha-hidden/--alpha-attention: all weights are 0")
         if self.alpha_attention > 0 and self.alignment != "match":
             raise ValueError("--alpha-attention: the attention loss needs --alignment match")
+        if self.kl_top_k < 1:
+            raise ValueError("--kl-top-k: must be >= 1")
         if self.cache_teacher == "top-k":
             if self.cache_top_k < 1:
                 raise ValueError("--cache-top-k: must be >= 1")
@@ -133,8 +141,10 @@ class DistillModule(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], teacher_logits: torch.Tensor | None = None,
                 teacher_hidden: Any = None, teacher_attentions: Any = None,
-                topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+                kl_support: str | None = None) -> dict[str, torch.Tensor]:
         cfg = self.config
+        kl_support = kl_support or cfg.kl_support
         need_hidden = cfg.alpha_hidden > 0
         need_attn = cfg.alpha_attention > 0
         masked = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -142,6 +152,9 @@ class DistillModule(nn.Module):
                               output_attentions=need_attn)
         losses = {"mlm": mlm_loss(masked.logits, batch["labels"])}  # masked.logits: (batch, len, vocab)
         aligned = self.alignment.student_outputs(self.student, batch, masked, need_hidden, need_attn)
+        if topk is None and kl_support == "teacher-top-k":
+            # The approximation: the teacher's top-k per position, both sides renormalised over it.
+            topk = self.alignment.teacher_topk(batch, teacher_logits, cfg.temperature, cfg.kl_top_k)
         if topk is not None:
             losses["kl"] = self.alignment.kl_topk(batch, aligned.logits, topk[0], topk[1], cfg.temperature)
         else:
@@ -232,12 +245,10 @@ class DistillTask:
             self.cache.open()
 
     def _teacher(self, batch: dict[str, Any]) -> Any:
-        import torch
-
+        # The output projection runs later, only at the aligned positions (teacher_head): exact and cheaper.
         cfg = self.config
-        with torch.no_grad():
-            return self.teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
-                                output_hidden_states=cfg.alpha_hidden > 0, output_attentions=cfg.alpha_attention > 0)
+        return teacher_forward(self.teacher, batch, output_hidden_states=cfg.alpha_hidden > 0,
+                               output_attentions=cfg.alpha_attention > 0)
 
     def step_losses(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
@@ -263,7 +274,7 @@ class DistillTask:
         # Validation always uses the teacher itself (full distribution), never the top-k cache.
         t_out = self._teacher(batch)
         losses = module(batch, teacher_logits=t_out.logits, teacher_hidden=t_out.hidden_states,
-                        teacher_attentions=t_out.attentions)
+                        teacher_attentions=t_out.attentions, kl_support="full")
         n_aligned = float(len(batch["t_index"]))
         n_masked = float((batch["labels"] != -100).sum())
         rows = float(batch["input_ids"].shape[0])
