@@ -24,9 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shlex
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,15 +33,15 @@ from torch import nn
 
 from distilrubert.config import option, to_dict
 from distilrubert.losses import attention_mse, hidden_loss, layer_pairs, mlm_loss
-from distilrubert.runinfo import run_info, write_json
+from distilrubert.runinfo import command_line, run_info, write_json
 from distilrubert.teacher_head import teacher_forward
 from distilrubert.trainer import TrainOptions
+from distilrubert.vocab import copy_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DistillConfig", "DistillModule", "distill", "run"]
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 @dataclass(kw_only=True)
@@ -287,10 +284,7 @@ class DistillTask:
     def save_final(self, module: Any, directory: Path, summary: dict[str, Any]) -> None:
         student = module.student
         student.save_pretrained(directory, safe_serialization=True)
-        for name in TOKENIZER_FILES:
-            source = Path(self.config.student) / name
-            if source.is_file():
-                shutil.copy2(source, directory / name)
+        copy_tokenizer_files(self.config.student, directory)
         if self.cache is not None:
             summary["teacher_cache"] = {"hits": self.cache.hits, "misses": self.cache.misses, "k": self.cache.k}
         info = {**self.extra_info, **summary}
@@ -307,8 +301,7 @@ def model_card(config: DistillConfig, student: Any, info: dict[str, Any]) -> str
     loss_rows = "".join(f"| {k} | {first.get(k, float('nan')):.4f} | {v:.4f} |\n" for k, v in sorted(final.items()))
     valid_rows = "".join(f"| {k} | {v:.4f} |\n" for k, v in sorted(valid.items()) if k != "step")
     data = info.get("data", {})
-    command = "distilrubert " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["distill"] \
-        else f"distill({to_dict(config)})"
+    command = command_line() or f"distill({to_dict(config)})"
     return f"""---
 language:
 - ru

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,12 +24,12 @@ from distilrubert.config import option, to_dict
 from distilrubert.losses import mlm_loss
 from distilrubert.runinfo import run_info, write_json
 from distilrubert.trainer import TrainOptions
+from distilrubert.vocab import copy_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PretrainConfig", "build_model", "pretrain", "run"]
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 @dataclass(kw_only=True)
@@ -140,9 +139,7 @@ class PretrainTask:
 
     def save_final(self, module: nn.Module, directory: Path, summary: dict[str, Any]) -> None:
         module.model.save_pretrained(directory, safe_serialization=True)
-        for name in TOKENIZER_FILES:
-            if (self.tokenizer_dir / name).is_file():
-                shutil.copy2(self.tokenizer_dir / name, directory / name)
+        copy_tokenizer_files(self.tokenizer_dir, directory)
         write_json(directory / "train_report.json", {**self.extra, **summary})
         cfg = module.model.config
         valid = summary["validation"][-1] if summary.get("validation") else {}

@@ -36,7 +36,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,10 +44,10 @@ import numpy as np
 
 from distilrubert.config import option, to_dict
 from distilrubert.runinfo import atomic_output_dir, check_output_dir, command_line, run_info, write_json
+from distilrubert.vocab import copy_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 @dataclass
@@ -521,9 +520,7 @@ def init_student(config: InitStudentConfig) -> dict[str, Any]:
     }
     with atomic_output_dir(output, overwrite=config.overwrite) as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
-        for name in TOKENIZER_FILES:
-            if (Path(config.vocab) / name).is_file():
-                shutil.copy2(Path(config.vocab) / name, tmp / name)
+        copy_tokenizer_files(config.vocab, tmp)
         (tmp / "README.md").write_text(model_card(info), encoding="utf-8")
         write_json(tmp / "init_report.json", info)
         write_json(tmp / "run.json", run_info("init-student", to_dict(config), parameters=n_params))

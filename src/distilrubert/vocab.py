@@ -200,6 +200,19 @@ def to_transformers(tokenizer):
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+"""What a tokenizer directory written by :func:`save_tokenizer` holds."""
+
+
+def copy_tokenizer_files(source: str | Path, target: str | Path) -> None:
+    """Copy the tokenizer files present in ``source`` into the model directory ``target``."""
+    import shutil
+
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy2(Path(source) / name, Path(target) / name)
+
+
 def save_tokenizer(tokenizer, directory: Path) -> None:
     """Write tokenizer.json, tokenizer_config.json, vocab.txt and special_tokens_map.json."""
     to_transformers(tokenizer).save_pretrained(directory)
