@@ -33,7 +33,7 @@ from torch import nn
 
 from distilrubert.config import option, to_dict
 from distilrubert.losses import attention_mse, hidden_loss, layer_pairs, mlm_loss
-from distilrubert.runinfo import command_line, run_info, write_json
+from distilrubert.runinfo import command_line, write_json
 from distilrubert.teacher_head import teacher_forward
 from distilrubert.trainer import TrainOptions
 from distilrubert.vocab import copy_tokenizer_files
@@ -380,7 +380,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     from distilrubert.data import Collator, build_sequences, smoothed_token_probs
     from distilrubert.student_init import load_teacher
     from distilrubert.tokenmap import TokenMap
-    from distilrubert.trainer import finish_output, make_accelerator, prepare_output, train
+    from distilrubert.trainer import make_accelerator, prepare_output, save_final_output, train
 
     accelerator = make_accelerator(config)
     resume_from = prepare_output(config, accelerator.is_main_process)
@@ -411,17 +411,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
                 config.student, f"{sum(p.numel() for p in student.parameters()):,}", config.teacher,
                 f"{sum(p.numel() for p in teacher.parameters()):,}", config.alignment, len(store))
     summary = train(config, task, store, collator, accelerator, resume_from)
-    if accelerator.is_main_process:
-        module = accelerator.unwrap_model(task.module)
-
-        def write(tmp: Path) -> None:
-            task.save_final(module, tmp, summary)
-            write_json(tmp / "run.json", run_info("distill", to_dict(config), seed=config.seed,
-                                                  steps=summary["steps"]))
-
-        finish_output(Path(config.output), write)
-        logger.info("wrote %s", config.output)
-    accelerator.wait_for_everyone()
+    save_final_output("distill", config, task, accelerator, summary)
     return summary
 
 

@@ -20,9 +20,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from distilrubert.config import option, to_dict
+from distilrubert.config import option
 from distilrubert.losses import mlm_loss
-from distilrubert.runinfo import run_info, write_json
+from distilrubert.runinfo import write_json
 from distilrubert.trainer import TrainOptions
 from distilrubert.vocab import copy_tokenizer_files
 
@@ -161,7 +161,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from distilrubert.data import Collator, build_sequences, smoothed_token_probs
-    from distilrubert.trainer import finish_output, make_accelerator, prepare_output, train
+    from distilrubert.trainer import make_accelerator, prepare_output, save_final_output, train
 
     accelerator = make_accelerator(config)
     resume_from = prepare_output(config, accelerator.is_main_process)
@@ -177,17 +177,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     extra = {"data": {k: v for k, v in store.report.items() if k != "key"}}
     task = PretrainTask(config, model, tokenizer_dir, extra)
     summary = train(config, task, store, collator, accelerator, resume_from)
-    if accelerator.is_main_process:
-        module = accelerator.unwrap_model(task.module)
-
-        def write(tmp: Path) -> None:
-            task.save_final(module, tmp, summary)
-            write_json(tmp / "run.json", run_info("pretrain", to_dict(config), seed=config.seed,
-                                                  steps=summary["steps"]))
-
-        finish_output(Path(config.output), write)
-        logger.info("wrote %s", config.output)
-    accelerator.wait_for_everyone()
+    save_final_output("pretrain", config, task, accelerator, summary)
     return summary
 
 

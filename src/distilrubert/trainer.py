@@ -438,3 +438,23 @@ def finish_output(output: Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(target)
         os.replace(tmp / name, target)
     tmp.rmdir()
+
+
+def save_final_output(command: str, options: TrainOptions, task: Any, accelerator: Any,
+                      summary: dict[str, Any]) -> None:
+    """The main process writes the trained model into ``options.output`` (``finish_output``) with its
+    ``run.json``; every process waits for it."""
+    from distilrubert.config import to_dict
+    from distilrubert.runinfo import run_info
+
+    if accelerator.is_main_process:
+        module = accelerator.unwrap_model(task.module)
+
+        def write(tmp: Path) -> None:
+            task.save_final(module, tmp, summary)
+            write_json(tmp / "run.json", run_info(command, to_dict(options), seed=options.seed,
+                                                  steps=summary["steps"]))
+
+        finish_output(Path(options.output), write)
+        logger.info("wrote %s", options.output)
+    accelerator.wait_for_everyone()
