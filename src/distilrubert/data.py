@@ -374,6 +374,16 @@ def length_grouped_batches(lengths: np.ndarray, indices: np.ndarray, batch_size:
     return [batches[i] for i in order]
 
 
+def _pad(seqs: list, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id sequences to the longest one: ``(ids, attention_mask)``, both ``(batch, width)``."""
+    ids = np.full((len(seqs), max(len(x) for x in seqs)), pad_id, dtype=np.int64)
+    att = np.zeros_like(ids)
+    for b, x in enumerate(seqs):
+        ids[b, : len(x)] = x
+        att[b, : len(x)] = 1
+    return ids, att
+
+
 class Collator:
     """Turns sequence indices into a padded, masked batch (numpy arrays) for one step.
 
@@ -404,12 +414,8 @@ class Collator:
     def __call__(self, indices: np.ndarray, step: int, stream: int = 0) -> dict[str, np.ndarray]:
         """The batch of ``indices``; ``step`` and ``stream`` seed its masking."""
         s_seqs = [self.store.student_ids(int(i)) for i in indices]
-        width = max(len(s) for s in s_seqs)
-        s_ids = np.full((len(s_seqs), width), self.pad_id, dtype=np.int64)
-        s_att = np.zeros_like(s_ids)
-        for b, s in enumerate(s_seqs):
-            s_ids[b, : len(s)] = s
-            s_att[b, : len(s)] = 1
+        s_ids, s_att = _pad(s_seqs, self.pad_id)  # (batch, width) each
+        width = s_ids.shape[1]
         rng = np.random.default_rng([self.seed, stream, step])
         masked, labels = mask_tokens(s_ids, s_att, self.token_probs, rng, self.mask_id, self.random_ids,
                                      self.mlm_probability)
@@ -417,12 +423,8 @@ class Collator:
                  "seq_index": np.asarray(indices, dtype=np.int64)}
         if self.alignment is not None and self.store.has_teacher:
             t_seqs = [self.store.teacher_ids(int(i)) for i in indices]
-            t_width = max(len(t) for t in t_seqs)
-            t_ids = np.full((len(t_seqs), t_width), self.teacher_pad_id, dtype=np.int64)
-            t_att = np.zeros_like(t_ids)
-            for b, t in enumerate(t_seqs):
-                t_ids[b, : len(t)] = t
-                t_att[b, : len(t)] = 1
+            t_ids, t_att = _pad(t_seqs, self.teacher_pad_id)  # (batch, t_width) each
+            t_width = t_ids.shape[1]
             batch.update(teacher_input_ids=t_ids, teacher_attention_mask=t_att)
             batch.update(self.alignment.collate(t_seqs, s_seqs, t_width, width))
         return batch

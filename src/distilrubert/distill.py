@@ -34,6 +34,7 @@ from torch import nn
 from distilrubert.config import option, to_dict
 from distilrubert.losses import attention_mse, hidden_loss, layer_pairs, mlm_loss
 from distilrubert.runinfo import command_line, write_json
+from distilrubert.student_init import card_front_matter
 from distilrubert.teacher_head import teacher_forward
 from distilrubert.trainer import TrainOptions
 from distilrubert.vocab import copy_tokenizer_files
@@ -302,19 +303,7 @@ def model_card(config: DistillConfig, student: Any, info: dict[str, Any]) -> str
     valid_rows = "".join(f"| {k} | {v:.4f} |\n" for k, v in sorted(valid.items()) if k != "step")
     data = info.get("data", {})
     command = command_line() or f"distill({to_dict(config)})"
-    return f"""---
-language:
-- ru
-library_name: transformers
-pipeline_tag: fill-mask
-tags:
-- distilbert
-- fill-mask
-- russian
-- distilrubert
-- knowledge-distillation
----
-
+    return f"""{card_front_matter("knowledge-distillation")}
 # {Path(config.output).name}
 
 A student distilled by `distilrubert distill` from `{config.teacher}` with the `{config.alignment}` vocabulary

@@ -416,6 +416,12 @@ def initialise_from_teacher(student, teacher: TeacherWeights, sources: list[np.n
 # model card and the verb
 
 
+def card_front_matter(*extra_tags: str) -> str:
+    """The YAML header of a Hugging Face model card for a distilrubert fill-mask model."""
+    tags = "".join(f"- {t}\n" for t in ("distilbert", "fill-mask", "russian", "distilrubert", *extra_tags))
+    return f"---\nlanguage:\n- ru\nlibrary_name: transformers\npipeline_tag: fill-mask\ntags:\n{tags}---\n"
+
+
 def model_card(info: dict[str, Any]) -> str:
     """A Hugging Face model card (README.md) for a freshly initialised student."""
     cfg = info["architecture"]
@@ -428,18 +434,7 @@ def model_card(info: dict[str, Any]) -> str:
     notes = "".join(f"- {n}\n" for n in init.get("notes", []))
     arch = (f"DistilBERT, {cfg['n_layers']} layers, hidden {cfg['dim']}, FFN {cfg['hidden_dim']}, "
             f"{cfg['n_heads']} heads, max length {cfg['max_position_embeddings']}")
-    return f"""---
-language:
-- ru
-library_name: transformers
-pipeline_tag: fill-mask
-tags:
-- distilbert
-- fill-mask
-- russian
-- distilrubert
----
-
+    return f"""{card_front_matter()}
 # {info['name']}
 
 A DistilBERT student created by `distilrubert init-student` (not yet distilled: run `distilrubert distill`).

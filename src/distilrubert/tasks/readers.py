@@ -404,15 +404,20 @@ def factru_to_iob2(text: str, spans: Sequence[Sequence], project: Literal["drop"
     return sentences
 
 
-def read_factru(path: str | Path) -> tuple[list[str], list[list]]:
-    """Read ``{"texts": [str], "labels": [[[type, start, end], ...]]}`` (encodechka's factru.json)."""
-    path = Path(path)
+def _load_json(path: Path):
+    """A whole JSON file; a missing file or invalid JSON is an error naming the file (and line)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+
+
+def read_factru(path: str | Path) -> tuple[list[str], list[list]]:
+    """Read ``{"texts": [str], "labels": [[[type, start, end], ...]]}`` (encodechka's factru.json)."""
+    path = Path(path)
+    data = _load_json(path)
     if not (isinstance(data, dict) and isinstance(data.get("texts"), list) and isinstance(data.get("labels"), list)):
         raise DataFormatError(f'{path}: expected {{"texts": [...], "labels": [...]}}')
     texts, labels = data["texts"], data["labels"]
@@ -444,12 +449,7 @@ def read_squad(path: str | Path) -> list[QAExample]:
     is an error naming the question.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataFormatError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    data = _load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataFormatError(f'{path}: expected SQuAD JSON {{"data": [...]}}')
     examples = []
