@@ -52,6 +52,9 @@ COMMANDS: tuple[Command, ...] = (
             "distilrubert.bench:BenchConfig", "distilrubert.bench:run"),
     Command("serve", "Serve /embed, /fill-mask, /predict over HTTP (FastAPI + uvicorn) with micro-batching.",
             "distilrubert.serve:ServeConfig", "distilrubert.serve:run"),
+    Command("demo", "The whole pipeline on the embedded default (vocabulary, init, both distillations, an MLM-only "
+            "baseline, probes, speed) with a report and charts; resumable.",
+            "distilrubert.demo:DemoConfig", "distilrubert.demo:run"),
 )
 
 
@@ -103,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    if args.log_level != "DEBUG":  # accelerate logs every checkpoint file at INFO
+        logging.getLogger("accelerate").setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return 2
@@ -111,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         recipe = load_recipe(args._recipe) if args._recipe else None
         config = resolve(_load(command.config), values, recipe, recipe_name=args._recipe or "recipe")
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, FileNotFoundError) as err:
         parser.error(f"{command.name}: {err}")
     try:
         result = _load(command.run)(config)

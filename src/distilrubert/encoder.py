@@ -134,13 +134,14 @@ class Encoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, backend: Backend = "auto", quantized: bool = False,
+    def from_pretrained(cls, model_dir: str | Path | None = None, backend: Backend = "auto", quantized: bool = False,
                         threads: int | None = None, max_length: int = 512, device: str | None = None,
                         compile: bool = False, trust_remote_code: bool = False) -> Encoder:
         """Load an encoder from a model directory (HF format, an ``export`` output, or both).
 
         Args:
-            model_dir: Directory with ``config.json`` and a tokenizer, plus weights and/or ``model.onnx``.
+            model_dir: Directory with ``config.json`` and a tokenizer, plus weights and/or ``model.onnx``;
+                ``None``: the embedded reference student (``models/``, see :mod:`distilrubert.reference`).
             backend: ``"onnx"`` (ONNX Runtime; exported on the fly into a temporary directory if the
                 directory has no ``model.onnx``), ``"torch"`` (transformers, SDPA attention), or
                 ``"auto"``: ONNX when the directory has an exported graph (or ``quantized=True``) and
@@ -159,6 +160,10 @@ class Encoder:
         """
         from transformers import AutoConfig, AutoTokenizer
 
+        if model_dir is None:
+            from distilrubert.reference import reference_model
+
+            model_dir = reference_model("student")
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json)")

@@ -30,6 +30,8 @@ with a progress bar; the per-text CPU timing is separate, as encodechka measures
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 import logging
 import re
 import time
@@ -64,7 +66,9 @@ class EvaluateConfig:
     model: str = option(help="Encoder directory (AutoModel + AutoTokenizer loadable).", metavar="DIR")
     output: str = option(help="Results JSON file; the markdown table goes next to it (same name, .md).",
                          metavar="FILE.json")
-    suite: Literal["encodechka"] = option("encodechka", "Evaluation suite.")
+    suite: Literal["encodechka", "builtin"] = option(
+        "encodechka", "encodechka: the task files in --data-dir; builtin: the held-out probe shipped with the checkout "
+        "(REG: register of held-out texts of the embedded sample corpus, for machines without encodechka data).")
     data_dir: str = option("../shared/data/encodechka", "Directory with the encodechka task files.", metavar="DIR")
     teacher: str | None = option(None, "Teacher directory: run the same suite on it and report retention.",
                                  metavar="DIR")
@@ -87,7 +91,7 @@ class EvaluateConfig:
             value = getattr(self, name)
             if value is not None and not Path(value).is_dir():
                 raise ValueError(f"--{name} {value}: no such directory")
-        if not Path(self.data_dir).is_dir():
+        if self.suite == "encodechka" and not Path(self.data_dir).is_dir():
             raise ValueError(f"--data-dir {self.data_dir}: no such directory")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
@@ -98,7 +102,7 @@ class EvaluateConfig:
             raise ValueError(f"--max-examples must be >= 10, got {self.max_examples}")
         if self.tasks:
             self.tasks = [t.upper() for t in self.tasks]
-            unknown = [t for t in self.tasks if t not in (*TABLE_COLUMNS, "CPU")]
+            unknown = [t for t in self.tasks if t not in (*TABLE_COLUMNS, *BUILTIN_COLUMNS, "CPU")]
             if unknown:
                 raise ValueError(f"--tasks: unknown task code(s) {', '.join(unknown)}")
 
@@ -421,15 +425,55 @@ TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("NE2", ("rudrec.json",), "macro_f1", _ner),
 )
 SPEED_FILE = "sentences_sample.txt"
+BUILTIN_COLUMNS = ("REG",)
+
+
+def _register_probe(embedder: ProbeEmbedder, paths: list[Path], config: EvaluateConfig) -> dict[str, float]:
+    """The built-in probe: which source (fortunes / docs / subtitles) a held-out text comes from.
+
+    Texts of ``data/sample_heldout.jsonl.gz`` (never trained on) are split 70/30 by a hash of their content.
+    """
+    from distilrubert.corpus import split_heldout
+
+    rows = _read_jsonl_gz(paths[0])
+    rows = rows[:config.max_examples] if config.max_examples else rows
+    test = [split_heldout(r["text"], 0.3) for r in rows]
+    texts = {part: [r["text"] for r, t in zip(rows, test, strict=True) if t == part] for part in (False, True)}
+    labels = {part: _labels([r["source"] for r, t in zip(rows, test, strict=True) if t == part])
+              for part in (False, True)}
+    e_train = embedder.sentence_variants(texts[False], desc="register train")
+    e_test = embedder.sentence_variants(texts[True], desc="register test")
+    return probe_accuracy(e_train, labels[False], e_test, labels[True])
+
+
+BUILTIN_TASKS: tuple[TaskSpec, ...] = (
+    TaskSpec("REG", ("sample_heldout.jsonl.gz",), "accuracy", _register_probe),
+)
+
+
+def _read_jsonl_gz(path: Path) -> list[dict[str, Any]]:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _suite_files(config: EvaluateConfig) -> tuple[tuple[TaskSpec, ...], Path, list[str] | None]:
+    """The suite's tasks, their data directory and, for the built-in suite, the texts timed for speed."""
+    if config.suite == "builtin":
+        from distilrubert.corpus import sample_corpus
+
+        path = sample_corpus("heldout")
+        lines = [row["text"] for row in _read_jsonl_gz(path)]
+        return BUILTIN_TASKS, path.parent, [t for t in lines if len(t) < 400][:300]
+    return TASKS, Path(config.data_dir), None
 
 
 def run_suite(model_dir: str, config: EvaluateConfig, label: str = "model") -> dict[str, Any]:
     """Every available task of the suite on one encoder: per task its best score and all variants."""
-    data_dir = Path(config.data_dir)
+    tasks, data_dir, speed_texts = _suite_files(config)
     embedder = ProbeEmbedder(model_dir, config.device, config.batch_size, config.max_length, config.trust_remote_code)
-    results: dict[str, Any] = {"model": str(model_dir), "tasks": {}, "skipped": {}}
-    wanted = config.tasks or [*TABLE_COLUMNS, "CPU"]
-    for spec in TASKS:
+    results: dict[str, Any] = {"model": str(model_dir), "suite": config.suite, "tasks": {}, "skipped": {}}
+    wanted = config.tasks or [*TABLE_COLUMNS, *BUILTIN_COLUMNS, "CPU"]
+    for spec in tasks:
         if spec.code not in wanted:
             continue
         paths = [data_dir / name for name in spec.files]
@@ -448,8 +492,9 @@ def run_suite(model_dir: str, config: EvaluateConfig, label: str = "model") -> d
         logger.info("%s %s: %s %.4f (best variant %s)", label, spec.code, spec.metric, variants[best], best)
     speed_path = data_dir / SPEED_FILE
     if "CPU" in wanted:
-        if speed_path.is_file():
-            sentences = [s.strip() for s in speed_path.read_text(encoding="utf-8").splitlines() if s.strip()]
+        if speed_texts or speed_path.is_file():
+            sentences = speed_texts or [s.strip() for s in speed_path.read_text(encoding="utf-8").splitlines()
+                                        if s.strip()]
             results["speed"] = {
                 "ms_per_text": embedder.ms_per_text(sentences), "texts": len(sentences),
                 "device": str(embedder.device), "threads": _threads(),
@@ -457,7 +502,7 @@ def run_suite(model_dir: str, config: EvaluateConfig, label: str = "model") -> d
         else:
             results["skipped"]["CPU"] = f"CPU: skipped, {SPEED_FILE} not in {data_dir}"
             logger.info(results["skipped"]["CPU"])
-    scores = [results["tasks"][c]["score"] for c in SENTENCE_TASKS if c in results["tasks"]]
+    scores = [results["tasks"][c]["score"] for c in (*SENTENCE_TASKS, *BUILTIN_COLUMNS) if c in results["tasks"]]
     results["mean_sentence_tasks"] = float(np.mean(scores)) if scores else None
     return results
 
@@ -474,18 +519,20 @@ def _cell(value: float | None, digits: int = 2) -> str:
 
 def markdown_table(rows: list[tuple[str, dict[str, Any]]], retention: dict[str, float] | None = None) -> str:
     """encodechka's column layout (model | STS | PI | NLI | SA | TI | IA | IC | ICX | NE1 | NE2 | CPU)."""
-    header = "| model | " + " | ".join(TABLE_COLUMNS) + " | CPU ms/text |"
-    lines = [header, "|:--|" + "--:|" * (len(TABLE_COLUMNS) + 1)]
+    builtin = [c for c in BUILTIN_COLUMNS if any(c in r.get("tasks", {}) for _, r in rows)]
+    columns = (*TABLE_COLUMNS, *builtin)
+    header = "| model | " + " | ".join(columns) + " | CPU ms/text |"
+    lines = [header, "|:--|" + "--:|" * (len(columns) + 1)]
     for name, result in rows:
         tasks = result.get("tasks", {})
         speed = result.get("speed", {}).get("ms_per_text")
-        cells = [_cell(tasks[c]["score"]) if c in tasks else "" for c in TABLE_COLUMNS]
+        cells = [_cell(tasks[c]["score"]) if c in tasks else "" for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(speed, 1)} |")
     if retention:
-        cells = [f"{retention[c]:.0%}" if c in retention else "" for c in TABLE_COLUMNS]
+        cells = [f"{retention[c]:.0%}" if c in retention else "" for c in columns]
         lines.append("| retention (student / teacher) | " + " | ".join(cells) + " | |")
     for name, published in PUBLISHED.items():
-        cells = [_cell(published.get(c)) for c in TABLE_COLUMNS]
+        cells = [_cell(published.get(c)) for c in columns]
         lines.append(f"| {name} (published, other hardware) | " + " | ".join(cells)
                      + f" | {_cell(published.get('CPU'), 1)} |")
     return "\n".join(lines) + "\n"

@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 class ServeConfig:
     """Options of ``distilrubert serve``."""
 
-    model: str = option(help="Model directory (HF format and/or an `export` output).", metavar="DIR")
+    model: str | None = option(None, "Model directory (HF format and/or an `export` output); default: the "
+                               "embedded reference student (models/).", metavar="DIR")
     host: str = option("127.0.0.1", "Bind address (loopback by default; expose deliberately).")
     port: int = option(8000, "TCP port.")
     backend: Literal["auto", "torch", "onnx"] = option("auto", "Encoder backend for /embed.")
@@ -60,6 +61,10 @@ class ServeConfig:
     trust_remote_code: bool = option(False, "Allow custom model code from the model directory.")
 
     def __post_init__(self) -> None:
+        if self.model is None:
+            from distilrubert.reference import reference_model
+
+            self.model = str(reference_model("student"))
         if not (Path(self.model) / "config.json").is_file():
             raise ValueError(f"--model {self.model}: not a model directory (no config.json)")
         if not 0 <= self.port <= 65535:
