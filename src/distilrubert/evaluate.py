@@ -436,8 +436,10 @@ def _register_probe(embedder: ProbeEmbedder, paths: list[Path], config: Evaluate
     from distilrubert.corpus import split_heldout
 
     rows = _read_jsonl_gz(paths[0])
-    rows = rows[:config.max_examples] if config.max_examples else rows
-    test = [split_heldout(r["text"], 0.3) for r in rows]
+    if config.max_examples and len(rows) > config.max_examples:  # an even spread over the (grouped) sources
+        rows = rows[::-(-len(rows) // config.max_examples)]
+    # The held-out file was itself chosen by a content hash: salt it for an independent 70/30 split.
+    test = [split_heldout("register-probe\n" + r["text"], 0.3) for r in rows]
     texts = {part: [r["text"] for r, t in zip(rows, test, strict=True) if t == part] for part in (False, True)}
     labels = {part: _labels([r["source"] for r, t in zip(rows, test, strict=True) if t == part])
               for part in (False, True)}
@@ -463,7 +465,7 @@ def _suite_files(config: EvaluateConfig) -> tuple[tuple[TaskSpec, ...], Path, li
 
         path = sample_corpus("heldout")
         lines = [row["text"] for row in _read_jsonl_gz(path)]
-        return BUILTIN_TASKS, path.parent, [t for t in lines if len(t) < 400][:300]
+        return BUILTIN_TASKS, path.parent, [t for t in lines if len(t) < 400][:min(300, config.max_examples or 300)]
     return TASKS, Path(config.data_dir), None
 
 
