@@ -112,25 +112,28 @@ def _steps(config: DemoConfig, out: Path, teacher: str, corpus: list[str]) -> li
     models = {"teacher": teacher, **{name: str(out / name) for name in (*TRAINED, "student-random")}}
     for name, model in models.items():
         path = out / "eval" / f"{name}.json"
-        steps.append(_Step(f"evaluate {name}", path, lambda model=model, path=path: _evaluate(config, model, path),
+        steps.append(_Step(f"evaluate {name}", path, lambda model=model, path=path: evaluate_model(
+            model, path, config.data_dir, config.max_examples),
                            path.is_file))
     return steps
 
 
-def _evaluate(config: DemoConfig, model: str, path: Path) -> None:
+def evaluate_model(model: str, path: str | Path, data_dir: str, max_examples: int | None = None) -> dict[str, Any]:
+    """The probe suite (encodechka in ``data_dir``, else the built-in probe) plus size figures, saved to ``path``."""
     from distilrubert.evaluate import EvaluateConfig, run_suite
 
-    builtin = not Path(config.data_dir).is_dir()
+    builtin = not Path(data_dir).is_dir()
     if builtin:
-        logger.info("%s not found: using the built-in held-out probe", config.data_dir)
+        logger.info("%s not found: using the built-in held-out probe", data_dir)
     eval_config = EvaluateConfig(model=model, output=str(path), suite="builtin" if builtin else "encodechka",
-                                 data_dir=config.data_dir if not builtin else ".", max_examples=config.max_examples)
+                                 data_dir=data_dir if not builtin else ".", max_examples=max_examples)
     result = run_suite(model, eval_config, label=Path(model).name)
-    result["parameters"], result["disk_bytes"], result["vocab_size"] = _size(model)
+    result["parameters"], result["disk_bytes"], result["vocab_size"] = model_size(model)
     write_json(path, result)
+    return result
 
 
-def _size(model: str) -> tuple[int, int, int]:
+def model_size(model: str) -> tuple[int, int, int]:
     """Parameters (without the MLM head), weight-file bytes and vocabulary size of a model directory."""
     from transformers import AutoConfig, AutoModel
 

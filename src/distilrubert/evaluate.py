@@ -493,7 +493,7 @@ def run_suite(model_dir: str, config: EvaluateConfig, label: str = "model") -> d
                                        "seconds": round(time.perf_counter() - start, 2)}
         logger.info("%s %s: %s %.4f (best variant %s)", label, spec.code, spec.metric, variants[best], best)
     speed_path = data_dir / SPEED_FILE
-    if "CPU" in wanted:
+    if "CPU" in wanted and config.speed:
         if speed_texts or speed_path.is_file():
             sentences = speed_texts or [s.strip() for s in speed_path.read_text(encoding="utf-8").splitlines()
                                         if s.strip()]
