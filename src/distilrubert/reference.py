@@ -1,6 +1,6 @@
 """The embedded reference models of the source checkout (``models/``) and how to make them.
 
-``models/teacher-6x384-16k`` is a 6 x 384 BERT pre-trained from scratch on the embedded sample corpus
+``models/teacher-4x384-16k`` is a 4 x 384 BERT pre-trained from scratch on the embedded sample corpus
 with ``distilrubert pretrain``; ``models/distilrubert-tiny-5k-sample`` is the 5K-vocabulary student
 distilled from it. Both are stored as fp16 safetensors (half the size) with ``"dtype": "float32"`` in
 their config, so ``AutoModel.from_pretrained`` loads them in fp32 (fast on a CPU). Their model cards give
@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = ["REFERENCE_NAMES", "models_dir", "reference_model", "save_half_precision"]
 
-REFERENCE_NAMES = {"teacher": "teacher-6x384-16k", "student": "distilrubert-tiny-5k-sample"}
+REFERENCE_NAMES = {"teacher": "teacher-4x384-16k", "student": "distilrubert-tiny-5k-sample"}
 ENV_VAR = "DISTILRUBERT_MODELS"
 
 
