@@ -25,6 +25,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +65,7 @@ class Runner:
         self.out, self.jobs = out, jobs
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.commands = out / "commands.txt"
+        self.lock = threading.Lock()  # parallel runs share commands.txt and seconds.json
 
     def run(self, name: str, args: list[str], done: Path, threads: int | None = None) -> None:
         if done.exists():
@@ -71,16 +73,18 @@ class Runner:
         threads = threads or max(1, 2 // self.jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         command = ["distilrubert", "--log-level", "WARNING", *args]
-        with self.commands.open("a", encoding="utf-8") as handle:
+        with self.lock, self.commands.open("a", encoding="utf-8") as handle:
             handle.write(f"{name}: OMP_NUM_THREADS={threads} {shlex.join(command)}\n")
         start = time.perf_counter()
         with (self.out / "logs" / f"{name}.log").open("w", encoding="utf-8") as log:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
         if code:
             raise RuntimeError(f"{name} failed (exit {code}); see {self.out / 'logs' / (name + '.log')}")
-        seconds = json.loads((self.out / "seconds.json").read_text()) if (self.out / "seconds.json").is_file() else {}
-        seconds[name] = round(time.perf_counter() - start, 1)
-        (self.out / "seconds.json").write_text(json.dumps(seconds, indent=1))
+        with self.lock:
+            path = self.out / "seconds.json"
+            seconds = json.loads(path.read_text()) if path.is_file() else {}
+            seconds[name] = round(time.perf_counter() - start, 1)
+            path.write_text(json.dumps(seconds, indent=1))
 
     def parallel(self, tasks: list[tuple[str, list[str], Path]], desc: str) -> None:
         todo = [t for t in tasks if not t[2].exists()]
@@ -205,7 +209,8 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
         groups[config] = {
             "label": CONFIGS[config], "names": names, "per_seed": per_seed,
             "stats": {k: _mean_sd([p[k] for p in per_seed]) for k in per_seed[0]},
-            "valid_mlm": [valid_mlm(n) for n in names], "train_s": [seconds.get(n) for n in names],
+            "valid_mlm": [valid_mlm(n) for n in names],
+            "train_s": [_load(out / n / "train_report.json").get("seconds") for n in names],
             "size": _size(str(out / names[0])),
         }
     random_rows = [scores(f"random-5k-s{s}") for s in args.seeds]
