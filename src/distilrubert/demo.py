@@ -52,7 +52,7 @@ class DemoConfig:
     teacher: str | None = option(None, "Teacher directory or Hub id (default: the embedded reference teacher).",
                                  metavar="ID_OR_DIR")
     corpus: list[str] = option([], "Corpus files (default: the embedded sample corpus).")
-    steps: int = option(400, "Training steps of each student (both distillations and the MLM-only baseline).")
+    steps: int = option(300, "Training steps of each student (both distillations and the MLM-only baseline).")
     batch_size: int = option(32, "Sequences per training step.")
     max_length: int = option(128, "Maximum sequence length in tokens.")
     vocab_size: int = option(5000, "Student vocabulary size.")
