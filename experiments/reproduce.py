@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (each with 2 // jobs threads).")
     parser.add_argument("--results", default=str(ROOT / "docs" / "results.md"), help="Markdown report to write.")
+    parser.add_argument("--notes", default=None, help="A hand-written discussion (markdown) appended to the report.")
     return parser.parse_args(argv)
 
 
@@ -167,9 +168,9 @@ def _size(model: str) -> tuple[int, int]:
     with safe_open(str(weights), "np") as handle:
         # Encoder parameters only (no MLM head), as transformers' AutoModel counts them.
         names = handle.keys()  # safe_open is not iterable
-        params = sum(math.prod(handle.get_slice(k).get_shape()) for k in names
-                     if not k.startswith(("cls.", "vocab_", "pooler.")))
-    return params, weights.stat().st_size
+        shapes = {k: math.prod(handle.get_slice(k).get_shape()) for k in names}
+    params = sum(n for k, n in shapes.items() if not k.startswith(("cls.", "vocab_", "pooler.")))
+    return params, 4 * sum(shapes.values())  # fp32 bytes of every stored tensor (the head included)
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -191,8 +192,9 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
 
     def scores(name: str) -> dict[str, float]:
         found = evals[name]["model"]
-        return {t: found["tasks"][t]["score"] for t in tasks if t in found["tasks"]} | {
-            "mean": found["mean_sentence_tasks"]}
+        out = {t: found["tasks"][t]["score"] for t in tasks if t in found["tasks"]}
+        # encodechka's two aggregates: "Mean S" (sentence tasks) and "Mean S+W" (with the token-level NER)
+        return out | {"mean": found["mean_sentence_tasks"], "mean_sw": statistics.fmean(out.values())}
 
     def valid_mlm(name: str) -> float | None:
         report = out / name / "train_report.json"
@@ -222,15 +224,17 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
              f"Regenerate (about {sum(seconds.values()) / 60 / args.jobs:.0f} minutes on the 2-core machine):",
              "", "```", f"python experiments/reproduce.py --output {args.output} --steps {args.steps} --seeds "
              f"{' '.join(map(str, args.seeds))} --jobs {args.jobs}" + (f" --teacher {args.teacher}" if args.teacher
-                                                                     else ""), "```", "",
+                                                                     else "")
+             + (f" --notes {args.notes}" if args.notes else ""), "```", "",
              f"Teacher: `{Path(teacher).name}` ({t_params:,} encoder parameters). Corpus: the embedded sample corpus. "
              f"Every student: {args.steps} steps of {args.batch_size} sequences (equal budget), seeds "
              f"{', '.join(map(str, args.seeds))}. Probes: encodechka tasks available offline ({', '.join(tasks)}); "
              f"probe mean = mean of {', '.join(sentence_tasks)}. Each cell: mean over seeds (± standard deviation).",
-             "", "| student | " + " | ".join(tasks) + " | probe mean | retention | held-out MLM | encoder params "
-             "| weights MB | train min/run |", "|:--|" + "--:|" * (len(tasks) + 6)]
+             "", "| student | " + " | ".join(tasks) + " | probe mean (S) | mean S+W | retention (S) | held-out MLM "
+             "| encoder params | fp32 MB | train min/run |", "|:--|" + "--:|" * (len(tasks) + 7)]
     lines.append("| teacher | " + " | ".join(f"{teacher_scores.get(t, float('nan')):.3f}" for t in tasks)
-                 + f" | {teacher_scores['mean']:.3f} | 100% | | {t_params:,} | {t_disk / 2**20:.1f} | |")
+                 + f" | {teacher_scores['mean']:.3f} | {teacher_scores['mean_sw']:.3f} | 100% | | {t_params:,} "
+                 f"| {t_disk / 2**20:.1f} | |")
     for config, group in groups.items():
         stats = group["stats"]
         mlm = [v for v in group["valid_mlm"] if v is not None]
@@ -240,19 +244,29 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
         lines.append(f"| ({config}) {group['label']} | " + " | ".join(
             f"{stats[t][0]:.3f} ± {stats[t][1]:.3f}" for t in tasks)
             + f" | **{stats['mean'][0]:.3f}** ± {stats['mean'][1]:.3f} "
-            f"| {stats['mean'][0] / teacher_scores['mean']:.0%}"
+            f"| {stats['mean_sw'][0]:.3f} ± {stats['mean_sw'][1]:.3f} | {stats['mean'][0] / teacher_scores['mean']:.0%}"
             f" | {mlm_cell} | {group['size'][0]:,} | {group['size'][1] / 2**20:.1f} | "
             f"{statistics.fmean(train_min) / 60 if train_min else float('nan'):.1f} |")
     random_mean = _mean_sd([r["mean"] for r in random_rows])
     lines.append("| random init, untrained (reference) | " + " | ".join(
         f"{statistics.fmean(r[t] for r in random_rows):.3f}" for t in tasks)
-        + f" | {random_mean[0]:.3f} ± {random_mean[1]:.3f} | {random_mean[0] / teacher_scores['mean']:.0%} | | | | |")
+        + f" | {random_mean[0]:.3f} ± {random_mean[1]:.3f} | {statistics.fmean(r['mean_sw'] for r in random_rows):.3f} "
+        f"| {random_mean[0] / teacher_scores['mean']:.0%} | | | | |")
     lines += ["", "## Which differences are larger than run-to-run noise", ""]
-    lines += _noise_statements(groups, random_mean)
+    lines += ["A difference counts when it exceeds twice the larger of the two seed standard deviations (a crude "
+              "rule with 2 seeds).", ""]
+    for key, title in (("mean", "probe mean (S)"), ("mean_sw", "mean S+W"), ("NE1", "NE1 (token-level NER probe)")):
+        if key in groups[args.configs[0]]["stats"]:
+            lines += [f"**{title}**", "", *_noise_statements(groups, key), ""]
+    lines += [f"Untrained random encoders score {random_mean[0]:.3f} on the probe mean (S), above every trained "
+              "model here." if all(g["stats"]["mean"][0] < random_mean[0] for g in groups.values()) else
+              f"Untrained random encoders score {random_mean[0]:.3f} on the probe mean (S)."]
+    if args.notes:
+        lines += ["", Path(args.notes).read_text(encoding="utf-8").strip()]
     lines += ["", "## Size and speed", "",
               f"- Parameters: teacher {t_params:,} vs 5K student {s_params:,}: **{t_params / s_params:.1f}x** fewer "
               f"(the paper: {PAPER_COMPRESSION}x, RuBERT-base-conversational 177M vs 3.6M).",
-              f"- Weights on disk (fp32 safetensors): {t_disk / 2**20:.1f} MB vs {s_disk / 2**20:.1f} MB "
+              f"- Weights in fp32 (MLM head included): {t_disk / 2**20:.1f} MB vs {s_disk / 2**20:.1f} MB "
               f"({t_disk / s_disk:.1f}x)."]
     if speed_ratio:
         lines.append(f"- CPU speed, one text at a time, one thread (encodechka protocol on sentences_sample.txt): "
@@ -306,30 +320,21 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
     print(Path(args.results))
 
 
-def _noise_statements(groups: dict[str, dict], random_mean: tuple[float, float]) -> list[str]:
-    """Plain statements: a difference counts when it exceeds twice the larger seed spread of the two."""
+def _noise_statements(groups: dict[str, dict], key: str) -> list[str]:
+    """Each student vs (c) no distillation, and match vs reduce, on one score, with the noise rule."""
     out = []
-    base = groups.get("c")
-    for config, group in groups.items():
-        if config == "c" or base is None:
-            continue
-        (m1, s1), (m0, s0) = group["stats"]["mean"], base["stats"]["mean"]
+
+    def compare(x: str, y: str, text: str) -> str:
+        (m1, s1), (m0, s0) = groups[x]["stats"][key], groups[y]["stats"][key]
         noise = 2 * max(s1, s0, 1e-9)
-        diff = m1 - m0
-        verdict = "larger than" if abs(diff) > noise else "within"
-        word = "above" if diff > 0 else "below"
-        out.append(f"- ({config}) {group['label']} is {abs(diff):.3f} {word} (c) no distillation on the probe mean: "
-                   f"{verdict} the noise (2 x the larger seed standard deviation = {noise:.3f}).")
+        verdict = "**larger than**" if abs(m1 - m0) > noise else "within"
+        return (f"- {text}: {m1:.3f} vs {m0:.3f} ({'+' if m1 >= m0 else ''}{m1 - m0:.3f}), {verdict} the noise "
+                f"({noise:.3f}).")
+
+    if "c" in groups:
+        out += [compare(c, "c", f"({c}) {g['label']} vs (c) no distillation") for c, g in groups.items() if c != "c"]
     if "a" in groups and "b" in groups:
-        (ma, sa), (mb, sb) = groups["a"]["stats"]["mean"], groups["b"]["stats"]["mean"]
-        noise = 2 * max(sa, sb, 1e-9)
-        out.append(f"- match vs reduce: {ma:.3f} vs {mb:.3f} ({'larger than' if abs(ma - mb) > noise else 'within'} "
-                   f"the noise, {noise:.3f}).")
-    for config, group in groups.items():
-        m, _s = group["stats"]["mean"]
-        rel = "above" if m > random_mean[0] else "below"
-        out.append(f"- ({config}) vs the untrained random encoder ({random_mean[0]:.3f}): {rel} by "
-                   f"{abs(m - random_mean[0]):.3f}.")
+        out.append(compare("a", "b", "(a) match vs (b) reduce"))
     return out
 
 
