@@ -96,3 +96,20 @@ def test_reference_model_lookup_and_half_precision_round_trip(tiny_student, tmp_
     texts = ["Привет, мир!", "Ёжик в тумане."]
     assert default.encode(texts).shape == (2, 16)
     torch.testing.assert_close(torch.from_numpy(default.encode(texts)), torch.from_numpy(explicit.encode(texts)))
+
+
+def test_embedded_reference_models_are_committed_and_loadable():
+    from transformers import AutoConfig, AutoTokenizer
+
+    from distilrubert.reference import reference_model
+    from distilrubert.serve import ServeConfig
+
+    student, teacher = reference_model("student"), reference_model("teacher")
+    config = AutoConfig.from_pretrained(student)
+    assert (config.model_type, config.n_layers, config.dim, config.n_heads, config.vocab_size) == \
+        ("distilbert", 3, 264, 12, 5000)
+    assert AutoConfig.from_pretrained(teacher).hidden_size > config.dim
+    assert AutoTokenizer.from_pretrained(student).tokenize("Ёжик")  # the tokenizer ships with the model
+    sizes = sum(p.stat().st_size for p in student.parent.rglob("*") if p.is_file())
+    assert sizes < 45 * 2**20  # the issue's ~40 MB budget for models/
+    assert ServeConfig().model == str(student)  # `serve` without --model: the reference student
