@@ -226,7 +226,7 @@ def write_report(config: DemoConfig, out: Path, teacher: str, corpus: list[str],
         f"{config.steps} steps of {config.batch_size} sequences (max length {config.max_length}), seed {config.seed}. "
         f"Probe suite: {_suite_name(results)}. Speed: CPU ms per text, one text at a time "
         f"(encodechka protocol), {_threads(results)} thread(s), transformers eager.", "",
-        "| model | parameters | weights MB | vocab | " + " | ".join(task_codes)
+        "| model | parameters | weights on disk MB | vocab | " + " | ".join(task_codes)
         + " | probe mean | retention | CPU ms/text | speed-up | valid MLM | train s |",
         "|:--|--:|--:|--:|" + "--:|" * len(task_codes) + "--:|--:|--:|--:|--:|--:|",
     ]
@@ -240,7 +240,8 @@ def write_report(config: DemoConfig, out: Path, teacher: str, corpus: list[str],
             f"| {_fmt(row['train_seconds'], '.0f')} |")
     lines += ["", "Probe mean: mean of the sentence-level tasks (" + ", ".join(
         c for c in task_codes if c not in ("NE1", "NE2")) + "); retention: probe mean / the teacher's; valid MLM: "
-        "held-out masked-LM loss of the student's own vocabulary (comparable between the three trained students).",
+        "held-out masked-LM loss of the student's own vocabulary (comparable between the three trained students). "
+        "The embedded reference teacher is stored in fp16 (half its fp32 size).",
         "", "## Verdict", "", verdict, "",
         "A random untrained encoder is a strong baseline for linear probes (REFERENCE section 6): a short run "
         "can score below it; read the trained rows against it.", ""]
@@ -283,6 +284,16 @@ def _verdict(rows: list[dict[str, Any]]) -> str:
     random_mean = by_name.get("student-random", {}).get("mean")
     if random_mean is not None:
         text += f" The untrained random encoder scores {random_mean:.3f}."
+    for code, what in (("NE1", "token-level NER probe (NE1)"),):
+        base = by_name.get("mlm-only", {}).get("scores", {}).get(code)
+        best_code = by_name[best]["scores"].get(code)
+        if base is not None and best_code is not None:
+            text += (f" On the {what} the distilled student scores {best_code:.3f} against {base:.3f} without "
+                     "distillation.")
+    base_mlm, best_mlm = by_name.get("mlm-only", {}).get("valid_mlm"), by_name[best].get("valid_mlm")
+    if base_mlm is not None and best_mlm is not None:
+        text += (f" Held-out MLM loss: {best_mlm:.3f} distilled vs {base_mlm:.3f} without distillation "
+                 "(lower is better).")
     return text
 
 
