@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "a": "5K, distilled (match)",
-    "b": "5K, distilled (reduce)",
+    "b": "5K, distilled (reduce)",  # with --pooling (default sum)
     "c": "5K, random init, MLM only",
     "d": "5K, teacher init, MLM only",
     "e": "full vocabulary, distilled (plain KL)",
@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--pooling", default="sum", choices=["sum", "mean", "logsumexp"],
+                        help="reduce: pooling of the student's scores over a teacher token's pieces (config b).")
     parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (each with 2 // jobs threads).")
     parser.add_argument("--results", default=str(ROOT / "docs" / "results.md"), help="Markdown report to write.")
     parser.add_argument("--notes", default=None, help="A hand-written discussion (markdown) appended to the report.")
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 student = out / (f"init-full-s{seed}" if config == "e" else f"init-5k-s{seed}")
                 alignment = "reduce" if config == "b" else "match"
                 command = ["distill", "--teacher", teacher, "--student", str(student), "--alignment", alignment]
+                if config == "b":
+                    command += ["--pooling", args.pooling]
             else:
                 student = out / (f"random-5k-s{seed}" if config == "c" else f"init-5k-s{seed}")
                 command = ["pretrain", "--init-from", str(student)]
@@ -209,7 +213,8 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
         names = [f"{config}-s{s}" for s in args.seeds]
         per_seed = [scores(n) for n in names]
         groups[config] = {
-            "label": CONFIGS[config], "names": names, "per_seed": per_seed,
+            "label": f"5K, distilled (reduce, {args.pooling} pooling)" if config == "b" else CONFIGS[config],
+            "names": names, "per_seed": per_seed,
             "stats": {k: _mean_sd([p[k] for p in per_seed]) for k in per_seed[0]},
             "valid_mlm": [valid_mlm(n) for n in names],
             "train_s": [_load(out / n / "train_report.json").get("seconds") for n in names],
@@ -223,7 +228,9 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
     lines = ["# Results: distillation with vocabulary reduction at CPU scale", "",
              f"Regenerate (about {sum(seconds.values()) / 60 / args.jobs:.0f} minutes on the 2-core machine):",
              "", "```", f"python experiments/reproduce.py --output {args.output} --steps {args.steps} --seeds "
-             f"{' '.join(map(str, args.seeds))} --jobs {args.jobs}" + (f" --teacher {args.teacher}" if args.teacher
+             f"{' '.join(map(str, args.seeds))} --jobs {args.jobs}"
+             + (f" --pooling {args.pooling}" if args.pooling != "sum" else "")
+             + (f" --teacher {args.teacher}" if args.teacher
                                                                      else "")
              + (f" --notes {args.notes}" if args.notes else ""), "```", "",
              f"Teacher: `{Path(teacher).name}` ({t_params:,} encoder parameters). Corpus: the embedded sample corpus. "
