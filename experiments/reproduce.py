@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import statistics
@@ -166,15 +165,11 @@ def _load(path: Path) -> dict:
 
 
 def _size(model: str) -> tuple[int, int]:
-    from safetensors import safe_open
+    """Encoder parameters and fp32 bytes of every stored tensor (the MLM head included)."""
+    from distilrubert.demo import model_size
 
-    weights = Path(model) / "model.safetensors"
-    with safe_open(str(weights), "np") as handle:
-        # Encoder parameters only (no MLM head), as transformers' AutoModel counts them.
-        names = handle.keys()  # safe_open is not iterable
-        shapes = {k: math.prod(handle.get_slice(k).get_shape()) for k in names}
-    params = sum(n for k, n in shapes.items() if not k.startswith(("cls.", "vocab_", "pooler.")))
-    return params, 4 * sum(shapes.values())  # fp32 bytes of every stored tensor (the head included)
+    size = model_size(model)
+    return size["parameters"], size["fp32_bytes"]
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:

@@ -119,7 +119,7 @@ def _steps(config: DemoConfig, out: Path, teacher: str, corpus: list[str]) -> li
 
 
 def evaluate_model(model: str, path: str | Path, data_dir: str, max_examples: int | None = None) -> dict[str, Any]:
-    """The probe suite (encodechka in ``data_dir``, else the built-in probe) plus size figures, saved to ``path``."""
+    """The probe suite (encodechka in ``data_dir``, else the built-in probe), saved to ``path``."""
     from distilrubert.evaluate import EvaluateConfig, run_suite
 
     builtin = not Path(data_dir).is_dir()
@@ -128,19 +128,38 @@ def evaluate_model(model: str, path: str | Path, data_dir: str, max_examples: in
     eval_config = EvaluateConfig(model=model, output=str(path), suite="builtin" if builtin else "encodechka",
                                  data_dir=data_dir if not builtin else ".", max_examples=max_examples)
     result = run_suite(model, eval_config, label=Path(model).name)
-    result["parameters"], result["disk_bytes"], result["vocab_size"] = model_size(model)
     write_json(path, result)
     return result
 
 
-def model_size(model: str) -> tuple[int, int, int]:
-    """Parameters (without the MLM head), weight-file bytes and vocabulary size of a model directory."""
-    from transformers import AutoConfig, AutoModel
+HEAD_PREFIXES = ("cls.", "vocab_", "pooler.")
 
-    model_obj = AutoModel.from_pretrained(model)
-    params = sum(p.numel() for p in model_obj.parameters())
-    disk = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) if Path(model).is_dir() else 0
-    return params, disk, AutoConfig.from_pretrained(model).vocab_size
+
+def model_size(model: str) -> dict[str, int]:
+    """Encoder parameters (MLM head and pooler excluded), weight bytes on disk and in fp32, vocabulary size.
+
+    Read from the ``model.safetensors`` header of a local directory (no model is built); a Hub id falls
+    back to loading the encoder (disk bytes then 0).
+    """
+    import math
+
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(model).vocab_size
+    weights = Path(model) / "model.safetensors"
+    if not weights.is_file():
+        from transformers import AutoModel
+
+        params = sum(p.numel() for n, p in AutoModel.from_pretrained(model).named_parameters()
+                     if not n.startswith(HEAD_PREFIXES))
+        return {"parameters": params, "disk_bytes": 0, "fp32_bytes": 4 * params, "vocab_size": vocab}
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "np") as handle:
+        shapes = {name: math.prod(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    params = sum(n for name, n in shapes.items() if not name.startswith(HEAD_PREFIXES))
+    return {"parameters": params, "disk_bytes": weights.stat().st_size, "fp32_bytes": 4 * sum(shapes.values()),
+            "vocab_size": vocab}
 
 
 def demo(config: DemoConfig) -> dict[str, Any]:
@@ -206,12 +225,13 @@ def write_report(config: DemoConfig, out: Path, teacher: str, corpus: list[str],
     teacher_mean = _probe_mean(teacher_result)
     rows = []
     for name, result in results.items():
+        size = model_size(teacher if name == "teacher" else str(out / name))
         ms = result.get("speed", {}).get("ms_per_text")
         mean = _probe_mean(result)
         valid = (training.get(name, {}).get("validation") or [{}])[-1]
         rows.append({
-            "name": name, "label": LABELS[name], "parameters": result.get("parameters"),
-            "disk_mb": result.get("disk_bytes", 0) / 2**20, "vocab": result.get("vocab_size"),
+            "name": name, "label": LABELS[name], "parameters": size["parameters"],
+            "disk_mb": size["disk_bytes"] / 2**20, "vocab": size["vocab_size"],
             "scores": {c: result["tasks"][c]["score"] for c in result.get("tasks", {})},
             "mean": mean, "ms_per_text": ms,
             "speedup": teacher_ms / ms if teacher_ms and ms else None,
