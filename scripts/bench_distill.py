@@ -46,6 +46,7 @@ from distilrubert.distill import DistillConfig, DistillModule
 from distilrubert.losses import layer_pairs, mlm_loss
 from distilrubert.teacher_head import supports_lazy_head, teacher_forward
 from distilrubert.tokenmap import TokenMap
+from distilrubert.trainer import tune_malloc
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 LETTERS = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя" + "АБВГДЕЖЗИКЛМНОПРСТ" + string.digits
@@ -160,7 +161,7 @@ def materialise_teacher_logits(alignment, scores, approximate: bool) -> None:
 def bench_alignment(name: str, args, teacher, student, tmap, multi_ids, kl_support: str = "full") -> dict:
     config = DistillConfig(teacher="synthetic", student="synthetic", corpus=["synthetic"], output="unused",
                            alignment=name, kl_support=kl_support, kl_top_k=args.kl_top_k)
-    alignment = make_alignment(name, tmap, 0, config.pooling)
+    alignment = make_alignment(name, tmap, 0, config.pooling, args.fused_kl)
     pairs = layer_pairs(config.layer_mapping, 3, args.teacher_layers)
     module = DistillModule(student, alignment, config, pairs, args.teacher_dim)
     module._teacher_layers = args.teacher_layers
@@ -321,6 +322,8 @@ def main() -> None:
     parser.add_argument("--teacher-layers", type=int, default=12)
     parser.add_argument("--teacher-dim", type=int, default=768)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fused-kl", default="auto", choices=["auto", "on", "off"],
+                        help="reduce KL block kernels (as distill --fused-kl).")
     parser.add_argument("--kl-support", nargs="+", default=["full"], choices=["full", "teacher-top-k"],
                         help="KL supports to time (teacher-top-k also reports its difference from the exact KL).")
     parser.add_argument("--kl-top-k", type=int, default=1024)
@@ -331,6 +334,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="Also write the results as JSON here.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    malloc_tuned = tune_malloc()  # as the training loop does on a CPU (the whole process: every quantity)
     start = time.perf_counter()
     teacher_vocab, student_vocab, multi_ids = synthetic_vocabs(args.student_vocab, args.teacher_vocab)
     tmap = TokenMap.from_vocabs(teacher_vocab, student_vocab)
@@ -338,7 +342,7 @@ def main() -> None:
     result = {"setup": {"teacher": f"BERT {args.teacher_layers}x{args.teacher_dim}, vocab {len(teacher_vocab)}",
                         "student": f"DistilBERT 3x264, vocab {len(student_vocab)}",
                         "batch": f"{args.batch_size} x <= {args.length}", "threads": args.threads,
-                        "token_map": tmap.stats()}}
+                        "token_map": tmap.stats(), "fused_kl": args.fused_kl, "malloc_tuned": malloc_tuned}}
     if args.memory:
         result["memory"] = bench_memory(args, teacher, student, tmap, multi_ids)
     elif args.cache:

@@ -72,11 +72,12 @@ def test_pool_rows_and_map_to_teacher_by_hand(token_map, pooling):
     assert torch.allclose(mapped[:, col], scores[:, STUDENT["мир"]], atol=1e-6)
 
 
-@pytest.mark.parametrize("pooling", ["sum", "logsumexp"])
-def test_reduce_kl_matches_dense_computation(token_map, pooling):
+@pytest.mark.parametrize(("pooling", "fused"), [("sum", "off"), ("sum", "on"), ("logsumexp", "off")])
+def test_reduce_kl_matches_dense_computation(token_map, pooling, fused):
     torch.manual_seed(0)
     temperature = 2.0
-    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, chunk_elements=8)  # several chunks
+    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, chunk_elements=8,  # several chunks
+                            fused=fused)
     t_seqs = [np.array([2, 5, 6, 7, 8, 3]), np.array([2, 6, 3])]
     extra = align.collate(t_seqs, [np.array([2]), np.array([2])], teacher_width=6, student_width=1)
     batch = {k: torch.as_tensor(v) for k, v in extra.items()}
@@ -156,11 +157,12 @@ def _fused_and_dense(align, pooled, teacher_rows, temperature):
     return fused.detach(), grad_fused, dense.detach(), grad_dense
 
 
+@pytest.mark.parametrize("fused", ["off", "on"])
 @pytest.mark.parametrize("pooling", ["sum", "mean"])
-def test_fused_reduce_kl_exact_when_the_shift_bound_underflows(token_map, pooling):
+def test_fused_reduce_kl_exact_when_the_shift_bound_underflows(token_map, pooling, fused):
     # Every pooled score is -100 except "при", which is in no single-piece teacher token: all mapped scores
     # are <= -100 below the cheap shift bound (0), so exp underflows and the rows are redone exactly.
-    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, chunk_elements=20)
+    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, chunk_elements=20, fused=fused)
     pooled = torch.full((3, len(STUDENT)), -100.0)
     pooled[:, STUDENT["при"]] = 0.0
     pooled[1, STUDENT["мир"]] = -101.0
@@ -171,10 +173,11 @@ def test_fused_reduce_kl_exact_when_the_shift_bound_underflows(token_map, poolin
     assert torch.allclose(grad_fused, grad_dense, atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", ["off", "on"])
 @pytest.mark.parametrize("pooling", ["sum", "mean"])
-def test_fused_reduce_kl_with_uncovered_tokens_and_extreme_teacher_logits(token_map, pooling):
+def test_fused_reduce_kl_with_uncovered_tokens_and_extreme_teacher_logits(token_map, pooling, fused):
     # "中" (uncovered) gets the teacher's largest logit: it must not leak into the covered distribution.
-    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, chunk_elements=9 * 2)
+    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, chunk_elements=9 * 2, fused=fused)
     generator = torch.Generator().manual_seed(4)
     pooled = torch.log_softmax(torch.randn(5, len(STUDENT), generator=generator) * 3, dim=-1)
     teacher_rows = torch.randn(5, len(TEACHER), generator=generator) * 5
@@ -212,3 +215,31 @@ def test_kl_from_lazy_teacher_head_equals_kl_from_full_logits(token_map, alignme
     ids_full, logp_full = align.teacher_topk(batch, full, 2.0, k=3)
     ids_lazy, logp_lazy = align.teacher_topk(batch, lazy, 2.0, k=3)
     assert torch.equal(ids_full, ids_lazy) and torch.allclose(logp_full, logp_lazy, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", ["off", "on"])
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_pooled_log_softmax_matches_pool_rows_of_log_softmax(token_map, pooling, fused):
+    # The one-pass pooled log-softmax (and its gradient) against pool_rows over a plain log-softmax.
+    align = ReduceAlignment(token_map, student_pad_id=0, pooling=pooling, fused=fused)
+    t_seqs = [np.array([2, 5, 6, 7, 8, 3]), np.array([2, 6, 3])]  # 中 is uncovered: its piece is unaligned
+    extra = align.collate(t_seqs, [np.array([2]), np.array([2])], teacher_width=6, student_width=1)
+    batch = {k: torch.as_tensor(v) for k, v in extra.items()}
+    batch["teacher_input_ids"] = torch.zeros(2, 6, dtype=torch.long)
+    generator = torch.Generator().manual_seed(6)
+    logits = (torch.randn(2, batch["reduce_input_ids"].shape[1], len(STUDENT), generator=generator) * 3
+              ).requires_grad_()
+    upstream = torch.randn(len(batch["t_index"]), len(STUDENT), generator=generator)
+    got = align._pooled_logp(batch, logits, 2.0)
+    (grad_got,) = torch.autograd.grad((got * upstream).sum(), logits)
+    logp = torch.log_softmax(logits / 2.0, dim=-1).reshape(-1, len(STUDENT))
+    expected = pool_rows(logp, batch["reduce_owner"].reshape(-1), 12, pooling)[batch["t_index"]]
+    (grad_expected,) = torch.autograd.grad((expected * upstream).sum(), logits)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(grad_got, grad_expected, atol=1e-6)
+    assert grad_got[0, 5].abs().sum() == 0  # the uncovered token's piece gets no gradient
+
+
+def test_fused_kl_flag_is_validated(token_map):
+    with pytest.raises(ValueError, match="--fused-kl"):
+        ReduceAlignment(token_map, student_pad_id=0, fused="maybe")

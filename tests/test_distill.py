@@ -129,8 +129,10 @@ def _load_weights(path: Path) -> dict:
 
 
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, models, tiny_corpus):
+    # The plateau schedule with patience 0: its state (best, counter, scale) must survive the kill too.
     common = _args(models, tiny_corpus, "OUT", tmp_path / "cache", "--alignment", "reduce", "--max-steps", "12",
-                   "--save-every", "4", "--eval-every", "4", "--log-every", "1")
+                   "--save-every", "4", "--eval-every", "2", "--log-every", "1", "--schedule", "plateau",
+                   "--plateau-patience", "0")
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "distilrubert", *[str(out) if a == "OUT" else a for a in common]]
@@ -156,6 +158,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, models, tiny_corp
     assert [r["step"] for r in train_b] == list(range(1, 13))
     assert [r["loss"] for r in train_a] == pytest.approx([r["loss"] for r in train_b], abs=1e-6)
     assert [r["valid_kl"] for r in valid_a] == pytest.approx([r["valid_kl"] for r in valid_b], abs=1e-6)
+    assert [r["lr"] for r in train_a] == pytest.approx([r["lr"] for r in train_b], rel=1e-9)
 
 
 def _free_port() -> int:

@@ -56,6 +56,9 @@ class DistillConfig(TrainOptions):
     alignment: Literal["match", "reduce"] = option("reduce", "Vocabulary alignment (REFERENCE 2.4).")
     pooling: Literal["sum", "mean", "logsumexp"] = option(
         "sum", "reduce: how student scores are pooled over a teacher token's pieces.")
+    fused_kl: Literal["auto", "on", "off"] = option(
+        "auto", "reduce (sum/mean): the KL's per-block kernels compiled with torch.compile (on), eager (off), or "
+        "compiled on CPU for teacher vocabularies >= 32K (auto). Same result; compiled is ~2x faster there.")
     temperature: float = option(2.0, "Softmax temperature T of the KL (the loss is multiplied by T^2).")
     alpha_kl: float = option(2.0, "Weight of the KL distillation loss.")
     alpha_mlm: float = option(0.5, "Weight of the student's MLM loss.")
@@ -385,7 +388,8 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     if config.max_length > max_pos:
         raise ValueError(f"--max-length: {config.max_length} exceeds the models' {max_pos} positions")
     token_map = TokenMap.from_tokenizers(teacher_tok, student_tok)
-    alignment = make_alignment(config.alignment, token_map, student_tok.pad_token_id, config.pooling)
+    alignment = make_alignment(config.alignment, token_map, student_tok.pad_token_id, config.pooling,
+                               config.fused_kl)
     with accelerator.main_process_first():
         store = build_sequences(config.corpus, student_tok, teacher_tok, token_map, config.max_length,
                                 config.cache_dir, config.text_field, progress=config.progress)

@@ -4,8 +4,10 @@ One code path for a single CPU, one GPU, many GPUs and many nodes: start it with
 ``distilrubert`` or with ``accelerate launch`` (DDP; each process takes every ``world``-th batch of
 the same seeded, length-grouped order). What the loop does:
 
-* AdamW (betas 0.9/0.98, eps 1e-6), warm-up then linear decay or constant, gradient clipping,
-  gradient accumulation, mixed precision (``auto``: bf16/fp16 on a GPU, fp32 on the CPU).
+* AdamW (betas 0.9/0.98, eps 1e-6), warm-up then linear decay, constant, or reduce-on-plateau (the
+  released scripts': the rate halves after ``--plateau-patience`` validations without a better
+  validation loss), gradient clipping, gradient accumulation, mixed precision (``auto``: bf16/fp16 on
+  a GPU, fp32 on the CPU).
 * Checkpoints every ``--save-every`` steps into ``OUTPUT/checkpoints/step-N`` (written to a temporary
   directory and renamed, so a kill never leaves a half checkpoint), the last ``--keep-checkpoints``
   kept. A checkpoint holds the model, optimizer, scheduler, every process's RNG states
@@ -43,7 +45,7 @@ from distilrubert.runinfo import write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainOptions", "TrainingDivergedError", "latest_checkpoint", "train"]
+__all__ = ["TrainOptions", "TrainingDivergedError", "latest_checkpoint", "make_scheduler", "train", "tune_malloc"]
 
 CHECKPOINTS = "checkpoints"
 _CKPT = re.compile(r"^step-(\d+)$")
@@ -71,7 +73,11 @@ class TrainOptions:
     lr: float = option(5e-4, "Peak learning rate (AdamW).")
     weight_decay: float = option(0.0, "AdamW weight decay.")
     warmup: float = option(0.05, "Warm-up as a fraction of --max-steps.")
-    schedule: Literal["linear", "constant"] = option("linear", "Learning rate after warm-up.")
+    schedule: Literal["linear", "constant", "plateau"] = option(
+        "linear", "Learning rate after warm-up: linear decay to 0, constant, or plateau (constant, times "
+        "--plateau-factor after --plateau-patience validations without a lower validation loss).")
+    plateau_factor: float = option(0.5, "plateau: factor applied to the learning rate on a plateau.")
+    plateau_patience: int = option(3, "plateau: validations without improvement before the rate is cut.")
     max_grad_norm: float = option(5.0, "Gradient clipping norm (0 = off).")
     mlm_probability: float = option(0.15, "Share of student tokens masked for MLM.")
     mlm_smoothing: float = option(0.7, "Masking probability proportional to count**-smoothing (XLM/DistilBERT).")
@@ -103,13 +109,16 @@ class TrainOptions:
             ("--max-valid-sequences", self.max_valid_sequences >= 0),
             ("--eval-every", self.eval_every >= 0), ("--save-every", self.save_every >= 0),
             ("--keep-checkpoints", self.keep_checkpoints >= 1), ("--log-every", self.log_every >= 1),
-            ("--weight-decay", self.weight_decay >= 0),
+            ("--weight-decay", self.weight_decay >= 0), ("--plateau-factor", 0 < self.plateau_factor < 1),
+            ("--plateau-patience", self.plateau_patience >= 0),
         ]
         for flag, ok in checks:
             if not ok:
                 raise ValueError(f"{flag}: value out of range")
         if self.max_length > 512:
             raise ValueError("--max-length: at most 512")
+        if self.schedule == "plateau" and (self.eval_every == 0 or self.valid_fraction == 0):
+            raise ValueError("--schedule plateau: needs validation (--eval-every > 0 and --valid-fraction > 0)")
 
 
 def latest_checkpoint(output: str | Path) -> Path | None:
@@ -147,17 +156,98 @@ def prepare_output(options: TrainOptions, main: bool = True) -> Path | None:
     return None
 
 
+def tune_malloc() -> bool:
+    """Keep freed memory in the process (glibc ``mallopt``) so that large work tensors are reused, not re-faulted.
+
+    With glibc's defaults a freed 16-80 MB tensor goes back to the kernel and the next one of that size is
+    page-faulted in again, 4 KB at a time: in a ``reduce`` step with a 120K teacher that was ~500K page
+    faults, about 10% of the step on a 2-core CPU (``scripts/bench_distill.py``). This raises the trim
+    threshold to 1 GB and fixes the mmap threshold at 32 MB (the largest glibc allows), as jemalloc or
+    tcmalloc would. Only the training commands call it; no effect on other C libraries or when
+    ``DISTILRUBERT_NO_MALLOPT=1``. Returns whether it was applied.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("DISTILRUBERT_NO_MALLOPT") == "1":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 25))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def _lr_lambda(options: TrainOptions) -> Callable[[int], float]:
     warmup_steps = round(options.warmup * options.max_steps)
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
-        if options.schedule == "constant":
+        if options.schedule in ("constant", "plateau"):
             return 1.0
         return max(0.0, (options.max_steps - step) / max(1, options.max_steps - warmup_steps))
 
     return factor
+
+
+def _plateau_scheduler_class() -> type:
+    import torch
+
+    class WarmupPlateauLR(torch.optim.lr_scheduler.LambdaLR):
+        """Warm-up by ``lr_lambda`` (a ``LambdaLR``), times a scale that :meth:`observe` cuts on a plateau.
+
+        ``observe(value)`` after each validation: a value below ``best * (1 - threshold)`` is an improvement;
+        after more than ``patience`` observations in a row without one, the scale is multiplied by ``factor``
+        (as ``torch.optim.lr_scheduler.ReduceLROnPlateau`` in ``min`` mode, relative threshold 1e-4). The
+        scale, best value and counter are in ``state_dict`` (so a resumed run continues the same schedule).
+        """
+
+        def __init__(self, optimizer, lr_lambda: Callable[[int], float], factor: float = 0.5, patience: int = 3,
+                     threshold: float = 1e-4) -> None:
+            self.scale, self.best, self.bad = 1.0, math.inf, 0
+            self.factor, self.patience, self.threshold = factor, patience, threshold
+            self.warmup = lr_lambda
+            super().__init__(optimizer, self._factor)
+
+        def _factor(self, step: int) -> float:
+            return self.warmup(step) * self.scale
+
+        def observe(self, value: float) -> bool:
+            """Record a validation loss; return whether the rate was cut (it applies from the next step)."""
+            if not math.isfinite(value):
+                return False
+            if value < self.best * (1 - self.threshold) if self.best > 0 else value < self.best:
+                self.best, self.bad = value, 0
+                return False
+            self.bad += 1
+            if self.bad > self.patience:
+                self.scale *= self.factor
+                self.bad = 0
+                # Apply now to the current rates too, so get_last_lr() shows the cut at once.
+                for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                    group["lr"] = base * self._factor(self.last_epoch)
+                self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+                return True
+            return False
+
+        def state_dict(self) -> dict[str, Any]:
+            state = super().state_dict()
+            state.pop("warmup", None)  # a function, rebuilt from the options
+            return state
+
+    return WarmupPlateauLR
+
+
+def make_scheduler(options: TrainOptions, optimizer: Any) -> Any:
+    """The learning-rate scheduler of ``--schedule`` (a ``LambdaLR``; stepped once per optimizer step)."""
+    import torch
+
+    if options.schedule == "plateau":
+        return _plateau_scheduler_class()(optimizer, _lr_lambda(options), options.plateau_factor,
+                                          options.plateau_patience)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(options))
 
 
 def _mixed_precision(choice: str) -> str:
@@ -235,6 +325,11 @@ class _Metrics:
             self.writer.close()
 
 
+def _monitored(figures: dict[str, float]) -> float:
+    """The validation loss the plateau schedule watches: the weighted total, else the MLM loss."""
+    return figures.get("valid_loss", figures.get("valid_mlm", math.nan))
+
+
 def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerator: Any,
           resume_from: Path | None) -> dict[str, Any]:
     """Run the loop until ``--max-steps``; return the summary (also handed to ``task.save_final``).
@@ -259,7 +354,9 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
     world, rank = accelerator.num_processes, accelerator.process_index
     optimizer = torch.optim.AdamW(task.module.parameters(), lr=options.lr, betas=(0.9, 0.98), eps=1e-6,
                                   weight_decay=options.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(options))
+    scheduler = make_scheduler(options, optimizer)
+    if accelerator.device.type == "cpu":
+        tune_malloc()
     model, optimizer = accelerator.prepare(task.module, optimizer)
     # The scheduler is not prepared (accelerate would step it once per process); it is checkpointed.
     accelerator.register_for_checkpointing(scheduler)
@@ -341,6 +438,8 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         figures = evaluate()
         valid_history.append({"step": 0, **figures})
         metrics.log({"step": 0, "split": "valid", **figures})
+        if options.schedule == "plateau":
+            scheduler.observe(_monitored(figures))
     while state["step"] < options.max_steps:
         if state["batch_in_epoch"] + accum > len(batches):
             state["epoch"] += 1
@@ -396,6 +495,9 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
             valid_history.append({"step": state["step"], **figures})
             metrics.log({"step": state["step"], "split": "valid", **figures})
             logger.info("step %d: %s", state["step"], ", ".join(f"{k}={v:.4f}" for k, v in figures.items()))
+            if options.schedule == "plateau" and scheduler.observe(_monitored(figures)):
+                logger.info("step %d: validation loss plateau, learning rate now %.3g", state["step"],
+                            scheduler.get_last_lr()[0])
         if (options.save_every and state["step"] % options.save_every == 0) or last_step:
             state["elapsed"] = time.perf_counter() - run_start
             last_good = save_checkpoint()
