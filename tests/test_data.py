@@ -113,3 +113,62 @@ def test_split_train_valid_takes_the_last_sequences():
     train, valid = split_train_valid(1000, 0.01, 5)
     assert valid.tolist() == [995, 996, 997, 998, 999] and len(train) == 995
     assert len(split_train_valid(1, 0.5, 10)[1]) == 0
+
+
+def _word_masking(tokens: list[str]) -> data.WordMasking:
+    continuation = np.array([t.startswith("##") for t in tokens])
+    special = np.array([t.startswith("[") for t in tokens])
+    return data.WordMasking(continuation, special, tokens.index("[MASK]"), np.flatnonzero(~special))
+
+
+def test_word_ids_follow_wordpiece_continuations():
+    tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "при", "##вет", "мир", ","]
+    ids = np.array([1, 4, 5, 7, 6, 2])  # [CLS] при ##вет , мир [SEP]
+    got = data.word_ids(ids, np.array([t.startswith("##") for t in tokens]), np.array([t[0] == "[" for t in tokens]))
+    assert got.tolist() == [-1, 0, 0, 1, 2, -1]
+
+
+def test_mask_same_words_masks_whole_words_on_both_sides():
+    s_tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "при", "##вет", "мир", ",", "!"]
+    t_tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "привет", "ми", "##р", ",", "!"]
+    student, teacher = _word_masking(s_tokens), _word_masking(t_tokens)
+    s_ids = np.array([1, 4, 5, 7, 6, 8, 2])  # [CLS] при ##вет , мир ! [SEP]: 4 words
+    t_ids = np.array([1, 4, 7, 5, 6, 8, 2])  # [CLS] привет , ми ##р ! [SEP]
+    seen_words = set()
+    for seed in range(40):
+        s_m, labels, t_m, t_chosen, paired = data.mask_same_words(s_ids, t_ids, student, teacher,
+                                                                  np.random.default_rng(seed), 0.5)
+        assert paired
+        s_words = data.word_ids(s_ids, student.continuation, student.special)
+        t_words = data.word_ids(t_ids, teacher.continuation, teacher.special)
+        chosen = set(s_words[labels != -100].tolist())
+        assert len(chosen) == 2 and -1 not in chosen  # ceil(0.5 * 4) words, never a special token
+        assert chosen == set(t_words[t_chosen].tolist())  # the same words on both sides
+        # Whole words: every piece of a chosen word is labelled, nothing else is.
+        assert ((labels != -100) == np.isin(s_words, list(chosen))).all()
+        assert (labels[labels != -100] == s_ids[labels != -100]).all()
+        for word in chosen:  # one decision per word, shared: [MASK] on one side iff on the other
+            s_masked = (s_m[s_words == word] == student.mask_id)
+            t_masked = (t_m[t_words == word] == teacher.mask_id)
+            assert s_masked.all() == t_masked.all()
+        assert (s_m[labels == -100] == s_ids[labels == -100]).all() and (t_m[~t_chosen] == t_ids[~t_chosen]).all()
+        seen_words |= chosen
+    assert seen_words == {0, 1, 2, 3}
+
+
+def test_mask_same_words_masks_only_the_student_when_words_differ():
+    tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "##c"]
+    masking = _word_masking(tokens)
+    _, labels, t_m, t_chosen, paired = data.mask_same_words(
+        np.array([1, 4, 5, 2]), np.array([1, 4, 5, 4, 2]), masking, masking, np.random.default_rng(0), 0.5)
+    assert not paired and not t_chosen.any() and (labels != -100).any()
+    assert t_m.tolist() == [1, 4, 5, 4, 2]
+
+
+def test_unknown_word_counts_as_a_word_for_pairing():
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "##b"]
+    masking = _word_masking(tokens)
+    masking.special[1] = False  # as word_masking() does for [UNK]
+    s_ids, t_ids = np.array([2, 1, 5, 3]), np.array([2, 5, 6, 5, 3])  # [UNK] a / ab a
+    *_, paired = data.mask_same_words(s_ids, t_ids, masking, masking, np.random.default_rng(0), 0.5)
+    assert paired

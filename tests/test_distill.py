@@ -77,6 +77,25 @@ def test_distill_learns_with_each_alignment(tmp_path, models, tiny_corpus, align
     assert main(_args(models, tiny_corpus, out, tmp_path / "cache", "--max-steps", "2")) == 1
 
 
+@pytest.mark.parametrize("alignment", ["match", "reduce"])
+def test_masked_words_variant_learns(tmp_path, models, tiny_corpus, alignment):
+    # --kl-positions masked-words: the teacher reads the same words masked, the KL only there.
+    out = tmp_path / "out"
+    assert main(_args(models, tiny_corpus, out, tmp_path / "cache", "--alignment", alignment, "--max-steps", "30",
+                      "--log-every", "1", "--eval-every", "15", "--save-every", "30",
+                      "--kl-positions", "masked-words")) == 0
+    train, valid = _metrics(out)
+    assert sum(r["loss"] for r in train[-5:]) < sum(r["loss"] for r in train[:5])
+    assert sum(r["kl"] > 0 for r in train) > len(train) // 2  # KL rows at masked words in most steps
+    assert valid[-1]["valid_kl"] < valid[0]["valid_kl"]
+    report = json.loads((out / "train_report.json").read_text(encoding="utf-8"))
+    # The tiny tokenizers pre-tokenise alike, so every sequence pairs its words ([UNK] counts as a word).
+    assert report["kl_positions"] == "masked-words" and report["unpaired_sequences_seen"] == 0
+    with pytest.raises(SystemExit):  # the teacher's masked outputs cannot be cached: exit 2
+        main(_args(models, tiny_corpus, tmp_path / "o2", tmp_path / "cache", "--kl-positions", "masked-words",
+                   "--cache-teacher", "top-k", "--alpha-hidden", "0"))
+
+
 def test_teacher_cache_skips_the_teacher_after_the_first_epoch(tmp_path, models, tiny_corpus):
     out = tmp_path / "out"
     # 180 training sequences / 8 = 23 batches an epoch; 30 steps = 1 epoch + 7 cached steps.

@@ -457,6 +457,10 @@ class Alignment:
         """Number of aligned teacher positions of one sequence (for reports)."""
         raise NotImplementedError
 
+    def keep_rows(self, extra: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+        """``extra`` (from :meth:`collate`) with only the aligned rows where ``keep`` (``(n_aligned,)`` bool)."""
+        return {**extra, "t_index": extra["t_index"][keep]}
+
     # torch side --------------------------------------------------------------------------------
     def to(self, device: torch.device) -> Alignment:
         """Move the alignment's lookup tensors to ``device``."""
@@ -525,6 +529,9 @@ class MatchAlignment(Alignment):
 
     def teacher_row_count(self, teacher_ids, student_ids):
         return len(match_positions_ids(teacher_ids, student_ids, self.teacher_to_shared))
+
+    def keep_rows(self, extra, keep):
+        return {**extra, "t_index": extra["t_index"][keep], "s_index": extra["s_index"][keep]}
 
     def student_outputs(self, student, batch, masked_outputs, output_hidden_states, output_attentions=False):
         return masked_outputs

@@ -33,8 +33,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Collator", "SequenceStore", "build_sequences", "default_cache_root", "length_grouped_batches",
-           "mask_tokens", "smoothed_token_probs", "split_train_valid"]
+__all__ = ["Collator", "SequenceStore", "WordMasking", "build_sequences", "default_cache_root",
+           "length_grouped_batches", "mask_same_words", "mask_tokens", "smoothed_token_probs", "split_train_valid",
+           "word_ids", "word_masking"]
 
 CACHE_VERSION = 1
 _DOC_BLOCK = 256
@@ -355,6 +356,88 @@ def mask_tokens(ids: np.ndarray, attention: np.ndarray, token_probs: np.ndarray,
     return masked.reshape(ids.shape), labels.reshape(ids.shape)
 
 
+def word_ids(ids: np.ndarray, continuation: np.ndarray, special: np.ndarray) -> np.ndarray:
+    """Word index of each token (a ``##`` piece continues the previous word); ``-1`` for special tokens.
+
+    Both tokenizers split text into words the same way (BERT pre-tokenisation: whitespace and
+    punctuation), so word ``k`` of a teacher sequence and word ``k`` of the student sequence cut from the
+    same text are the same word.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    is_special = special[ids]
+    starts = ~continuation[ids] & ~is_special
+    words = np.cumsum(starts) - 1
+    return np.where(is_special, -1, words)
+
+
+@dataclass
+class WordMasking:
+    """What :func:`mask_same_words` needs of one tokenizer: its continuation/special masks and ids."""
+
+    continuation: np.ndarray  # (vocab,) bool: a ``##`` piece
+    special: np.ndarray  # (vocab,) bool
+    mask_id: int
+    random_ids: np.ndarray  # non-special ids a "random" replacement is drawn from
+
+
+def mask_same_words(student_ids: np.ndarray, teacher_ids: np.ndarray, student: WordMasking, teacher: WordMasking,
+                    rng: np.random.Generator, mlm_probability: float = 0.15
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Mask the same words in a student and a teacher sequence of one text (``--kl-positions masked-words``).
+
+    ``mlm_probability`` of the words (at least one) are chosen uniformly; each chosen word gets one
+    decision shared by both sides: 80% every piece ``[MASK]``, 10% every piece a random token of that
+    side's vocabulary, 10% unchanged (whole-word masking, as HF's ``DataCollatorForWholeWordMask``, with
+    the DistilBERT recipe's "the teacher reads the same masked input"). When the two sequences do not
+    have the same number of words (a different pre-tokenisation, a cut inside a word), only the student
+    is masked and no teacher position is chosen.
+
+    Returns:
+        ``(student_masked, labels, teacher_masked, teacher_chosen, paired)``: labels ``-100`` outside the
+        chosen words; ``teacher_chosen`` marks the teacher positions of chosen words (where the KL goes);
+        ``paired`` says whether the word counts agreed.
+    """
+    s_words = word_ids(student_ids, student.continuation, student.special)
+    t_words = word_ids(teacher_ids, teacher.continuation, teacher.special)
+    n_words = int(s_words.max()) + 1 if len(s_words) else 0
+    paired = n_words == (int(t_words.max()) + 1 if len(t_words) else 0)
+    s_masked, t_masked = student_ids.copy(), teacher_ids.copy()
+    labels = np.full_like(student_ids, -100)
+    t_chosen = np.zeros(len(teacher_ids), dtype=bool)
+    if n_words == 0:
+        return s_masked, labels, t_masked, t_chosen, paired
+    n_chosen = max(1, math.ceil(mlm_probability * n_words))
+    chosen = rng.choice(n_words, size=n_chosen, replace=False)
+    action = np.zeros(n_words, dtype=np.int8)  # 0 keep out, 1 mask, 2 random, 3 unchanged
+    roll = rng.random(n_chosen)
+    action[chosen] = np.where(roll < 0.8, 1, np.where(roll < 0.9, 2, 3))
+    s_act = np.where(s_words >= 0, action[np.maximum(s_words, 0)], 0)
+    labels[s_act > 0] = student_ids[s_act > 0]
+    s_masked[s_act == 1] = student.mask_id
+    s_masked[s_act == 2] = rng.choice(student.random_ids, size=int((s_act == 2).sum()))
+    if paired:
+        t_act = np.where(t_words >= 0, action[np.maximum(t_words, 0)], 0)
+        t_chosen = t_act > 0
+        t_masked[t_act == 1] = teacher.mask_id
+        t_masked[t_act == 2] = rng.choice(teacher.random_ids, size=int((t_act == 2).sum()))
+    return s_masked, labels, t_masked, t_chosen, paired
+
+
+def word_masking(tokenizer: Any) -> WordMasking:
+    """The :class:`WordMasking` of a fast tokenizer.
+
+    ``[UNK]`` is a word (WordPiece writes a word it cannot spell as one ``[UNK]``), the other special
+    tokens are not; random replacements never draw a special token.
+    """
+    continuation = _continuation_mask(tokenizer)
+    special = np.zeros(len(continuation), dtype=bool)
+    special[[i for i in tokenizer.all_special_ids if i < len(special)]] = True
+    random_ids = np.flatnonzero(~special)
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id < len(special):
+        special[tokenizer.unk_token_id] = False
+    return WordMasking(continuation, special, int(tokenizer.mask_token_id), random_ids)
+
+
 def length_grouped_batches(lengths: np.ndarray, indices: np.ndarray, batch_size: int, seed: int, epoch: int,
                            group_batches: int = 50) -> list[np.ndarray]:
     """Shuffled batches of similar-length sequences, the same for a given ``(seed, epoch)``.
@@ -395,11 +478,16 @@ class Collator:
         seed: The run's seed; a step's masks depend only on ``(seed, step)``.
         mlm_probability: Share of tokens to predict.
         teacher_pad_id: The teacher's ``[PAD]`` id.
+        same_words: ``(student, teacher)`` :class:`WordMasking`: mask the same words on both sides and keep
+            only the teacher positions of masked words for the KL (``--kl-positions masked-words``;
+            :func:`mask_same_words`), instead of token masking on the student side only.
     """
 
     def __init__(self, store: SequenceStore, student_tokenizer: Any, token_probs: np.ndarray,
                  alignment: Any | None = None, seed: int = 0, mlm_probability: float = 0.15,
-                 teacher_pad_id: int = 0) -> None:
+                 teacher_pad_id: int = 0, same_words: tuple[WordMasking, WordMasking] | None = None) -> None:
+        self.same_words = same_words
+        self.unpaired = 0
         self.store = store
         self.alignment = alignment
         self.seed = seed
@@ -417,6 +505,8 @@ class Collator:
         s_ids, s_att = _pad(s_seqs, self.pad_id)  # (batch, width) each
         width = s_ids.shape[1]
         rng = np.random.default_rng([self.seed, stream, step])
+        if self.same_words is not None and self.alignment is not None:
+            return self._same_words_batch(indices, s_seqs, s_att, rng)
         masked, labels = mask_tokens(s_ids, s_att, self.token_probs, rng, self.mask_id, self.random_ids,
                                      self.mlm_probability)
         batch = {"input_ids": masked, "attention_mask": s_att, "labels": labels,
@@ -428,3 +518,24 @@ class Collator:
             batch.update(teacher_input_ids=t_ids, teacher_attention_mask=t_att)
             batch.update(self.alignment.collate(t_seqs, s_seqs, t_width, width))
         return batch
+
+    def _same_words_batch(self, indices, s_seqs, s_att, rng) -> dict[str, np.ndarray]:
+        student, teacher = self.same_words
+        t_seqs = [np.asarray(self.store.teacher_ids(int(i)), dtype=np.int64) for i in indices]
+        parts = [mask_same_words(np.asarray(s, dtype=np.int64), t, student, teacher, rng, self.mlm_probability)
+                 for s, t in zip(s_seqs, t_seqs, strict=True)]
+        self.unpaired += sum(not p[4] for p in parts)  # sequences whose word counts differ: no KL rows
+        masked, _ = _pad([p[0] for p in parts], self.pad_id)
+        labels, _ = _pad([p[1] for p in parts], -100)
+        t_masked = [p[2] for p in parts]
+        t_ids, t_att = _pad(t_masked, self.teacher_pad_id)
+        width, t_width = masked.shape[1], t_ids.shape[1]
+        # The alignment of the original sequences (matching works on the real tokens; reduce rewrites what
+        # the teacher reads), then only the teacher positions of masked words are kept.
+        source = t_masked if self.alignment.name == "reduce" else t_seqs
+        extra = self.alignment.collate(source, s_seqs, t_width, width)
+        keep = np.concatenate([np.pad(p[3], (0, t_width - len(p[3]))) for p in parts])  # (batch * t_width,)
+        extra = self.alignment.keep_rows(extra, keep[extra["t_index"]])
+        return {"input_ids": masked, "attention_mask": s_att, "labels": labels,
+                "seq_index": np.asarray(indices, dtype=np.int64), "teacher_input_ids": t_ids,
+                "teacher_attention_mask": t_att, **extra}

@@ -56,6 +56,10 @@ class DistillConfig(TrainOptions):
     alignment: Literal["match", "reduce"] = option("reduce", "Vocabulary alignment (REFERENCE 2.4).")
     pooling: Literal["sum", "mean", "logsumexp"] = option(
         "sum", "reduce: how student scores are pooled over a teacher token's pieces.")
+    kl_positions: Literal["aligned", "masked-words"] = option(
+        "aligned", "Where the KL is taken: every aligned position with the teacher reading unmasked text (the "
+        "released code), or masked-words: the same words masked in both tokenisations (the teacher reads them "
+        "masked too) and the KL only at those words (the DistilBERT recipe; whole-word masking).")
     fused_kl: Literal["auto", "on", "off"] = option(
         "auto", "reduce (sum/mean): the KL's per-block kernels compiled with torch.compile (on), eager (off), or "
         "compiled on CPU for teacher vocabularies >= 32K (auto). Same result; compiled is ~2x faster there.")
@@ -92,6 +96,9 @@ class DistillConfig(TrainOptions):
             raise ValueError("--alpha-attention: the attention loss needs --alignment match")
         if self.kl_top_k < 1:
             raise ValueError("--kl-top-k: must be >= 1")
+        if self.kl_positions == "masked-words" and self.cache_teacher != "none":
+            raise ValueError("--kl-positions masked-words: the teacher reads masked input that changes every "
+                             "epoch, so its outputs cannot be cached (--cache-teacher none)")
         if self.cache_teacher == "top-k":
             if self.cache_top_k < 1:
                 raise ValueError("--cache-top-k: must be >= 1")
@@ -369,7 +376,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from distilrubert.align import make_alignment
-    from distilrubert.data import Collator, build_sequences, smoothed_token_probs
+    from distilrubert.data import Collator, build_sequences, smoothed_token_probs, word_masking
     from distilrubert.student_init import load_teacher
     from distilrubert.tokenmap import TokenMap
     from distilrubert.trainer import make_accelerator, prepare_output, save_final_output, train
@@ -395,15 +402,20 @@ def distill(config: DistillConfig) -> dict[str, Any]:
                                 config.cache_dir, config.text_field, progress=config.progress)
     vocab_size = student.config.vocab_size
     probs = smoothed_token_probs(store.student_counts(vocab_size), student_tok.all_special_ids, config.mlm_smoothing)
+    same_words = ((word_masking(student_tok), word_masking(teacher_tok))
+                  if config.kl_positions == "masked-words" else None)
     collator = Collator(store, student_tok, probs, alignment, seed=config.seed,
-                        mlm_probability=config.mlm_probability, teacher_pad_id=teacher_tok.pad_token_id or 0)
+                        mlm_probability=config.mlm_probability, teacher_pad_id=teacher_tok.pad_token_id or 0,
+                        same_words=same_words)
     extra = {"data": {k: v for k, v in store.report.items() if k != "key"}, "token_map": token_map.stats(),
-             "alignment": config.alignment}
+             "alignment": config.alignment, "kl_positions": config.kl_positions}
     task = DistillTask(config, teacher, student, student_tok, alignment, store, extra)
     logger.info("distilling %s (%s params) from %s (%s params), alignment %s, %d sequences",
                 config.student, f"{sum(p.numel() for p in student.parameters()):,}", config.teacher,
                 f"{sum(p.numel() for p in teacher.parameters()):,}", config.alignment, len(store))
     summary = train(config, task, store, collator, accelerator, resume_from)
+    if same_words is not None:
+        summary["unpaired_sequences_seen"] = collator.unpaired  # word counts differed: student-only masking
     save_final_output("distill", config, task, accelerator, summary)
     return summary
 
