@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--pooling", default="sum", choices=["sum", "mean", "logsumexp"],
                         help="reduce: pooling of the student's scores over a teacher token's pieces (config b).")
+    parser.add_argument("--kl-positions", default="aligned", choices=["aligned", "masked-words"],
+                        help="distill --kl-positions of the distilled configs (a, b): aligned (the released code) or "
+                        "masked-words (the same words masked in both tokenisations, KL only there).")
     parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (each with 2 // jobs threads).")
     parser.add_argument("--results", default=str(ROOT / "docs" / "results.md"), help="Markdown report to write.")
     parser.add_argument("--notes", default=None, help="A hand-written discussion (markdown) appended to the report.")
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 command = ["distill", "--teacher", teacher, "--student", str(student), "--alignment", alignment]
                 if config == "b":
                     command += ["--pooling", args.pooling]
+                if args.kl_positions != "aligned" and config in ("a", "b"):
+                    command += ["--kl-positions", args.kl_positions]
             else:
                 student = out / (f"random-5k-s{seed}" if config == "c" else f"init-5k-s{seed}")
                 command = ["pretrain", "--init-from", str(student)]
@@ -176,6 +181,13 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _label(config: str, args: argparse.Namespace) -> str:
+    label = f"5K, distilled (reduce, {args.pooling} pooling)" if config == "b" else CONFIGS[config]
+    if args.kl_positions != "aligned" and config in ("a", "b"):
+        label = label[:-1] + f", KL at {args.kl_positions})"
+    return label
+
+
 def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dict[str, str]) -> None:
     import matplotlib
 
@@ -208,7 +220,7 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
         names = [f"{config}-s{s}" for s in args.seeds]
         per_seed = [scores(n) for n in names]
         groups[config] = {
-            "label": f"5K, distilled (reduce, {args.pooling} pooling)" if config == "b" else CONFIGS[config],
+            "label": _label(config, args),
             "names": names, "per_seed": per_seed,
             "stats": {k: _mean_sd([p[k] for p in per_seed]) for k in per_seed[0]},
             "valid_mlm": [valid_mlm(n) for n in names],
@@ -225,6 +237,9 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
              "", "```", f"python experiments/reproduce.py --output {args.output} --steps {args.steps} --seeds "
              f"{' '.join(map(str, args.seeds))} --jobs {args.jobs}"
              + (f" --pooling {args.pooling}" if args.pooling != "sum" else "")
+             + (f" --kl-positions {args.kl_positions}" if args.kl_positions != "aligned" else "")
+             + (f" --configs {' '.join(args.configs)}" if args.configs != list(CONFIGS) else "")
+             + (f" --results {args.results}" if Path(args.results).resolve() != ROOT / "docs" / "results.md" else "")
              + (f" --teacher {args.teacher}" if args.teacher
                                                                      else "")
              + (f" --notes {args.notes}" if args.notes else ""), "```", "",
@@ -279,7 +294,7 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
     lines += ["", f"Our teacher is itself small ({shape.get('num_hidden_layers')} x {shape.get('hidden_size')}, "
               f"{shape.get('vocab_size'):,} vocabulary), so the compression is far below the paper's 49x; the student "
               "has the paper's shape (3 x 264, 5K vocabulary).", ""]
-    chart = Path(args.results).parent / "results_probe_mean.png"
+    chart = Path(args.results).parent / f"{Path(args.results).stem}_probe_mean.png"
     fig, ax = plt.subplots(figsize=(9, 4.5))
     labels = [f"({c}) {g['label']}" for c, g in groups.items()]
     for i, group in enumerate(groups.values()):
@@ -298,7 +313,7 @@ def write_results(args: argparse.Namespace, out: Path, teacher: str, models: dic
     fig.savefig(chart, dpi=110)
     plt.close(fig)
     lines += ["![probe mean per student](" + chart.name + ")", ""]
-    curves = Path(args.results).parent / "results_training.png"
+    curves = Path(args.results).parent / f"{Path(args.results).stem}_training.png"
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, (config, group) in enumerate(groups.items()):
         if config == "e":
