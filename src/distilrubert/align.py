@@ -308,8 +308,8 @@ class _LinearMap:
 
     def _to_pieces(self, columns: torch.Tensor) -> torch.Tensor:
         """``(student_vocab, c)`` = ``M @ columns`` for ``(teacher_vocab, c)`` columns."""
-        return F.embedding_bag(self.piece_tokens, columns, self.piece_offsets, mode="sum",
-                               per_sample_weights=self.piece_weights)
+        weights = None if self.pooling == "sum" else self.piece_weights  # all 1 for sum: the unweighted path
+        return F.embedding_bag(self.piece_tokens, columns, self.piece_offsets, mode="sum", per_sample_weights=weights)
 
     def teacher_side(self, scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P @ M^T, sum P log P)``, ``(c, sv)`` and ``(c,)``, from ``(teacher_vocab, c)`` logits / T.
