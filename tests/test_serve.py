@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import numpy as np
@@ -124,3 +125,40 @@ def test_serve_cli_builds_the_app_and_binds_loopback(tiny_student, monkeypatch):
         assert test_client.post("/embed", json={"texts": ["Привет"]}).status_code == 200
     with pytest.raises(SystemExit):
         main(["serve", "--model", str(tiny_student), "--max-texts", "0"])
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_adaptive_wait_keeps_closed_loop_clients_in_one_batch(adaptive):
+    # 4 clients that send again only after their answer (a closed loop): they all come back just after a
+    # batch ends. Greedy takes the first one alone, then the other three (batches of 1 and 3); the adaptive
+    # wait expects the previous batch's 4 requests and waits (at most one forward pass) for them.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distilrubert.serve import MicroBatcher
+
+    sizes = []
+
+    def fn(items):
+        time.sleep(0.03)  # a forward pass
+        sizes.append(len(items))
+        return items
+
+    async def client(batcher, k):
+        for i in range(6):
+            assert await batcher.submit([(k, i)]) == [(k, i)]
+            await asyncio.sleep(0.002 * (k + 1))  # the client's own work before its next request
+
+    async def run():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(fn, executor, max_batch=16, max_wait=0.0, adaptive=adaptive)
+            batcher.start()
+            await asyncio.gather(*(client(batcher, k) for k in range(4)))
+            await batcher.stop()
+
+    asyncio.run(run())
+    assert sum(sizes) == 24
+    mean = sum(sizes) / len(sizes)
+    if adaptive:
+        assert mean >= 3.4, sizes
+    else:
+        assert mean < 3.0, sizes

@@ -5,9 +5,13 @@ Endpoints: ``POST /embed`` (texts -> vectors, via :class:`~distilrubert.encoder.
 models), ``GET /health``, ``GET /metrics`` (Prometheus text; ``?format=json`` for JSON), and the
 OpenAPI schema at ``/openapi.json`` (``/docs`` for the UI).
 
-Micro-batching: concurrent ``/embed`` requests are queued; one worker collects them for up to
-``--max-wait-ms`` or until ``--max-batch-size`` texts, runs one forward pass over all of them and
-answers each request with its rows. With ``--no-batching`` every request runs its own forward pass.
+Micro-batching: concurrent ``/embed`` requests are queued; one worker takes every queued request (up to
+``--max-batch-size`` texts), runs one forward pass over all of them and answers each request with its
+rows. Clients that wait for their answer before sending again all come back *after* a batch ends, so a
+greedy worker would alternate half batches; with ``--adaptive-wait`` (default) a batch that holds fewer
+requests than the previous one waits for the rest, at most as long as the previous forward pass took
+(so latency at most doubles and a lone client never waits: its previous batch held one request).
+``--max-wait-ms`` adds a fixed wait. With ``--no-batching`` every request runs its own forward pass.
 Model calls run in one worker thread so the event loop keeps accepting requests.
 
 Limits: at most ``--max-texts`` texts per request and ``--max-chars`` characters per text (413 with a
@@ -53,8 +57,9 @@ class ServeConfig:
     threads: int | None = option(None, "Intra-op threads of the model (default: the library's).")
     batching: bool = option(True, "Micro-batch concurrent /embed requests (--no-batching to compare).")
     max_batch_size: int = option(32, "Most texts in one micro-batch.")
-    max_wait_ms: float = option(0.0, "Extra wait for company when a micro-batch is not full (0: take only what "
-                                "queued up while the previous batch ran, adding no latency).")
+    max_wait_ms: float = option(0.0, "Fixed extra wait for company when a micro-batch is not full (0: none).")
+    adaptive_wait: bool = option(True, "Expect as many requests as the previous micro-batch held: wait for them for "
+                                 "at most the previous forward pass's duration (--no-adaptive-wait: greedy).")
     max_texts: int = option(64, "Most texts in one request (413 beyond).")
     max_chars: int = option(2000, "Most characters in one text (413 beyond).")
     max_length: int = option(128, "Texts are truncated to this many tokens.")
@@ -92,12 +97,18 @@ class MicroBatcher:
 
     ``submit(items)`` waits until a worker has run ``fn`` over a batch that contains ``items`` and
     returns their rows. Requests that queued up while the previous batch ran join the next one; with
-    ``max_wait > 0`` a batch that is not full waits that long for more.
+    ``max_wait > 0`` a batch that is not full waits that long for more; with ``adaptive`` a batch with
+    fewer requests than the previous one waits for the missing ones for up to the previous forward pass's
+    duration (capped by ``adaptive_cap`` seconds).
     """
 
-    def __init__(self, fn, executor: ThreadPoolExecutor, max_batch: int, max_wait: float, on_batch=None):
+    def __init__(self, fn, executor: ThreadPoolExecutor, max_batch: int, max_wait: float, on_batch=None,
+                 adaptive: bool = False, adaptive_cap: float = 0.05):
         self.fn, self.executor, self.max_batch, self.max_wait = fn, executor, max_batch, max_wait
         self.on_batch = on_batch
+        self.adaptive, self.adaptive_cap = adaptive, adaptive_cap
+        self.expected = 1  # requests in the previous batch
+        self.last_run = 0.0  # seconds the previous forward pass took
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -124,14 +135,18 @@ class MicroBatcher:
         while True:
             pending = [await self.queue.get()]
             size = len(pending[0][0])
-            # Greedy: take every request that queued up while the previous batch ran (no added latency);
-            # then, only if max_wait > 0 and the batch is not full, wait that long for more company.
-            deadline = loop.time() + self.max_wait
+            # Take every request that queued up while the previous batch ran; then wait for more company only
+            # up to max_wait, or (adaptive) while fewer requests than last time are here, for at most the
+            # previous forward pass's duration.
+            start = loop.time()
+            deadline = start + self.max_wait
+            adaptive_deadline = start + min(self.last_run, self.adaptive_cap) if self.adaptive else start
             while size < self.max_batch:
                 try:
                     item = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    timeout = deadline - loop.time()
+                    until = max(deadline, adaptive_deadline) if len(pending) < self.expected else deadline
+                    timeout = until - loop.time()
                     if timeout <= 0:
                         break
                     try:
@@ -141,8 +156,11 @@ class MicroBatcher:
                 pending.append(item)
                 size += len(item[0])
             items = [x for request, _ in pending for x in request]
+            self.expected = len(pending)
+            run_start = loop.time()
             try:
                 rows = await loop.run_in_executor(self.executor, self.fn, items)
+                self.last_run = loop.time() - run_start
             except Exception as err:  # answer every waiting request; the worker keeps running
                 for _, future in pending:
                     if not future.done():
@@ -262,7 +280,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
         return fn
 
     batchers = {p: MicroBatcher(embed_rows(p), executor, config.max_batch_size, config.max_wait_ms / 1000,
-                                on_batch=metrics.batch) for p in ("cls", "mean")}
+                                on_batch=metrics.batch, adaptive=config.adaptive_wait) for p in ("cls", "mean")}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
