@@ -55,7 +55,8 @@ class DistillConfig(TrainOptions):
                           metavar="DIR")
     alignment: Literal["match", "reduce"] = option("reduce", "Vocabulary alignment (REFERENCE 2.4).")
     pooling: Literal["sum", "mean", "logsumexp"] = option(
-        "sum", "reduce: how student scores are pooled over a teacher token's pieces.")
+        "mean", "reduce: how student scores are pooled over a teacher token's pieces (the released code: sum; "
+        "mean distilled better here, docs/results-reduce-mean.md).")
     kl_positions: Literal["aligned", "masked-words"] = option(
         "aligned", "Where the KL is taken: every aligned position with the teacher reading unmasked text (the "
         "released code), or masked-words: the same words masked in both tokenisations (the teacher reads them "
