@@ -140,6 +140,33 @@ def load_wrk(port: int, texts: list[str], clients: int, seconds: float) -> dict:
             "p50_ms": ms("50"), "p90_ms": ms("90"), "p99_ms": ms("99"), "wrk_output": out}
 
 
+def model_batch_gain(model: str, texts: list[str], clients: int, server_args: list[str], rounds: int = 30) -> dict:
+    """In-process ceiling of what micro-batching can give: the Encoder's time per text for ``clients`` random
+    texts in one call vs one at a time (same backend flags as the server; no HTTP)."""
+    import random
+
+    from distilrubert import Encoder
+
+    flags = {k: v for k, v in zip(server_args[::2], server_args[1::2], strict=False)}
+    threads = int(flags["--threads"]) if "--threads" in flags else None
+    encoder = Encoder.from_pretrained(model, backend=flags.get("--backend", "auto"), threads=threads,
+                                      quantized="--quantized" in server_args)
+    rng = random.Random(0)
+    batches = [rng.sample(texts, clients) for _ in range(rounds)]
+    encoder.encode(batches[0], pooling="mean")  # warm-up
+    start = time.perf_counter()
+    for batch in batches:
+        encoder.encode(batch, pooling="mean")
+    batched = (time.perf_counter() - start) / (rounds * clients)
+    start = time.perf_counter()
+    for batch in batches:
+        for text in batch:
+            encoder.encode([text], pooling="mean")
+    single = (time.perf_counter() - start) / (rounds * clients)
+    return {"single_ms_per_text": round(single * 1e3, 3), "batched_ms_per_text": round(batched * 1e3, 3),
+            "batch_size": clients, "gain": round(single / batched, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     model = parser.add_mutually_exclusive_group(required=True)
@@ -162,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {"clients": args.clients, "client": args.client, "seconds": args.seconds,
               "server_args": args.server_args,
               "cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": list(os.getloadavg())}
+    report["model_batch_gain"] = gain = model_batch_gain(args.model, texts, args.clients, args.server_args)
+    print(f"in-process Encoder: {gain['single_ms_per_text']:.2f} ms/text one at a time, "
+          f"{gain['batched_ms_per_text']:.2f} ms/text in batches of {args.clients}: {gain['gain']:.2f}x "
+          "(the most micro-batching can gain before HTTP costs)")
     for batching in (True, False):
         port = free_port()
         proc = start_server(args.model, port, batching, args.server_args)
