@@ -205,7 +205,8 @@ def bench_alignment(name: str, args, teacher, student, tmap, multi_ids, kl_suppo
     tokens = int(batch["attention_mask"].sum())
     overhead = t_full - t_teacher - t_student
     result = {
-        "alignment": name, "pooling": config.pooling if name == "reduce" else None, "kl_support": kl_support if kl_support == "full" else f"{kl_support} (k={args.kl_top_k})",
+        "alignment": name, "pooling": config.pooling if name == "reduce" else None,
+        "kl_support": kl_support if kl_support == "full" else f"{kl_support} (k={args.kl_top_k})",
         "teacher_shape": list(batch["teacher_input_ids"].shape),
         "student_shape": list(batch["input_ids"].shape), "aligned_positions": len(batch["t_index"]),
         "teacher_forward_s": round(t_teacher, 3), "student_fwd_bwd_s": round(t_student, 3),
