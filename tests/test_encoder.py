@@ -132,3 +132,15 @@ def test_sentence_transformers_loads_export_offline_with_mean_pooling(tiny_stude
     ref = Encoder.from_pretrained(out, backend="torch").encode(TEXTS, pooling="mean")
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] is True
+
+
+@pytest.mark.parametrize("max_length", [16, 128])
+def test_fast_tokenize_equals_the_transformers_tokenizer(tiny_student_dir, max_length):
+    # Encoder.tokenize calls the Rust tokenizer directly: same ids as the HF call, truncation included.
+    encoder = Encoder.from_pretrained(tiny_student_dir, backend="torch", max_length=max_length)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student_dir)
+    texts = [*TEXTS, SENTENCES[5] * 20, ""]
+    expected = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    assert encoder.tokenize(texts) == expected
+    assert [encoder.tokenize([t])[0] for t in texts] == expected
+    assert max(len(x) for x in expected) == max_length
