@@ -196,7 +196,7 @@ class Encoder:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (with special tokens), truncated to ``max_length``, unpadded."""
         fast = self._fast_tokenizer()
-        if fast is not None:  # the Rust tokenizer directly: ~0.05 ms less per call than the wrapper
+        if fast is not None:  # the Rust tokenizer directly, without the wrapper's per-call setup
             if len(texts) == 1:
                 return [fast.encode(texts[0]).ids]
             return [e.ids for e in fast.encode_batch(list(texts))]
