@@ -325,7 +325,8 @@ alignment (Kolesnikova et al., 2022, arXiv 2205.02340).
 | architecture | {cfg.model_type}, {_n_layers(cfg)} layers, hidden {_hidden_size(cfg)}, vocabulary {cfg.vocab_size:,} |
 | parameters | {n_params:,} |
 | teacher | `{config.teacher}` |
-| alignment | `{config.alignment}` (pooling `{config.pooling}`), T = {config.temperature} |
+| alignment | `{config.alignment}` (pooling `{config.pooling}`, KL at `{config.kl_positions}` positions), \
+T = {config.temperature} |
 | loss weights | KL {config.alpha_kl}, MLM {config.alpha_mlm}, hidden {config.alpha_hidden} ({config.hidden_loss}, \
 {config.layer_mapping}), attention {config.alpha_attention} |
 | data | {", ".join(config.corpus)}: {data.get("sequences", "?")} sequences of <= {config.max_length} tokens \
