@@ -169,13 +169,14 @@ def fused_kernels() -> dict[str, Any] | None:
     The ``teacher_*`` / ``student_*`` block kernels make four passes over a ``(teacher_vocab, c)`` block of
     what were ten eager kernels, into a reused buffer; ``lse`` / ``pooled_grad`` make the
     student's pooled log-softmax and its gradient single passes over the ``(pieces, student_vocab)``
-    logits. On the 2-core CPU with a 120K teacher this is about half of the reduce KL's own time. The
+    logits. With a 120K teacher on the 2-core CPU the reduce overhead fell from ~26% to ~18-21%
+    (``scripts/bench_distill.py``; docs/distillation.md). The
     result (or the failure, e.g. no C++ compiler) is kept for the process; torch caches the compiled
     code on disk, so later runs start fast.
     """
     if "kernels" not in _FUSED:
         try:
-            # The block kernels with static shapes (dynamic ones were 1.2-3.5x slower here): the block width
+            # The block kernels with static shapes (dynamic ones were slower in a side check): the block width
             # is fixed (a narrower last block runs eagerly) and so is the vocabulary, so each compiles once.
             # The pooled log-softmax kernels see a new number of pieces every batch: dynamic (as fast there).
             static = {name: torch.compile(fn, dynamic=False) for name, fn in (
@@ -442,6 +443,9 @@ class Alignment:
     """
 
     name = "base"
+    # Whether the student side reads the teacher's sequence rewritten in student tokens (so a masked teacher
+    # sequence must be collated as such), rather than its own tokenisation.
+    reads_teacher_sequence = False
 
     def __init__(self, token_map, student_pad_id: int) -> None:
         self.token_map = token_map
@@ -594,6 +598,7 @@ class ReduceAlignment(Alignment):
     """
 
     name = "reduce"
+    reads_teacher_sequence = True
 
     def __init__(self, token_map, student_pad_id: int, pooling: str = "sum",
                  chunk_elements: int = 2**22, projection_elements: int = 2**25, fused: str = "auto") -> None:

@@ -530,9 +530,9 @@ class Collator:
         t_masked = [p[2] for p in parts]
         t_ids, t_att = _pad(t_masked, self.teacher_pad_id)
         width, t_width = masked.shape[1], t_ids.shape[1]
-        # The alignment of the original sequences (matching works on the real tokens; reduce rewrites what
-        # the teacher reads), then only the teacher positions of masked words are kept.
-        source = t_masked if self.alignment.name == "reduce" else t_seqs
+        # The alignment of the original sequences (matching works on the real tokens), or of what the teacher
+        # reads when the student side rewrites it (reduce); then only the teacher positions of masked words.
+        source = t_masked if self.alignment.reads_teacher_sequence else t_seqs
         extra = self.alignment.collate(source, s_seqs, t_width, width)
         keep = np.concatenate([np.pad(p[3], (0, t_width - len(p[3]))) for p in parts])  # (batch * t_width,)
         extra = self.alignment.keep_rows(extra, keep[extra["t_index"]])
