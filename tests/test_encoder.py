@@ -72,6 +72,36 @@ def test_onnx_export_parity_fp32_and_int8(tiny_student_dir, _tiny_onnx):
     assert _tiny_onnx["fused"].get("Attention") == 2  # the ORT fusion recognised both layers' attention
 
 
+def _op_types(path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def _session_op_types(path, tmp_path, disabled) -> set[str]:
+    """Operator types of the graph ONNX Runtime actually runs (its optimised graph, saved)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "session.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    return _op_types(tmp_path / "session.onnx")
+
+
+def test_no_skip_layer_normalization_in_export_or_session(_tiny_onnx, tmp_path):
+    from distilrubert.encoder import ORT_DISABLED_OPTIMIZERS
+
+    # The exported file keeps Add + LayerNormalization (SkipLayerNormalization is the slower kernel).
+    assert "SkipLayerNormalization" not in _op_types(_tiny_onnx["fp32"])
+    assert {"Attention", "LayerNormalization"} <= _op_types(_tiny_onnx["fp32"])
+    # ORT would fuse them again at load time; the package's sessions disable that fusion. Without the
+    # switch the check sees the op, so it is able to fail.
+    assert "SkipLayerNormalization" not in _session_op_types(_tiny_onnx["fp32"], tmp_path,
+                                                             list(ORT_DISABLED_OPTIMIZERS))
+    assert "SkipLayerNormalization" in _session_op_types(_tiny_onnx["fp32"], tmp_path, [])
+
+
 def test_onnx_encoder_equals_torch_encoder(tiny_student_dir, _tiny_onnx):
     onnx_dir = _tiny_onnx["fp32"].parent
     fast = Encoder.from_pretrained(onnx_dir, backend="auto", threads=1)

@@ -66,6 +66,31 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling) -> np.ndarray:
     return (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)  # (batch, dim)
 
 
+# ONNX Runtime's SkipLayerNormalization CPU kernel (residual Add + LayerNormalization in one op) is several
+# times slower than the two ops it replaces at these widths: ``scripts/bench_ort_layernorm.py`` measures
+# both. ``export`` does not make the fusion and every session the package creates disables ORT's own.
+ORT_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def ort_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
+    """An ``onnxruntime.InferenceSession`` with every graph optimisation except :data:`ORT_DISABLED_OPTIMIZERS`.
+
+    Args:
+        path: The ``.onnx`` file.
+        threads: Intra-op threads (``None``: ONNX Runtime's default, all cores); inter-op is 1.
+        providers: Execution providers (default: CPU).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]),
+                                disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
+
+
 class _TorchRunner:
     """Runs the transformers model (eager, SDPA attention; optionally ``torch.compile``)."""
 
@@ -102,13 +127,8 @@ class _OnnxRunner:
     def __init__(self, onnx_path: Path, threads: int | None):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        self.session = ort_session(onnx_path, threads, providers)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.path = onnx_path
 

@@ -3,7 +3,7 @@
 Pipeline: ``torch.onnx.export`` of the transformers model loaded with *eager* attention (its
 MatMul/Softmax pattern is what ONNX Runtime's transformer optimizer fuses into one ``Attention`` op;
 the SDPA path exports to a pattern it does not recognise), dynamic batch and sequence axes ->
-``onnxruntime.transformers.optimizer`` (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm fusions) ->
+``onnxruntime.transformers.optimizer`` (Attention, BiasGelu, EmbedLayerNorm fusions; not SkipLayerNorm) ->
 optionally ``quantize_dynamic`` (int8 weights, activations quantised per call) -> a parity check on a
 sentence file: max |torch - onnx fp32| over real tokens and the mean cosine of mean-pooled int8 vs fp32
 embeddings, printed and stored in ``parity.json``.
@@ -25,7 +25,7 @@ import numpy as np
 
 from distilrubert import runinfo
 from distilrubert.config import option, to_dict
-from distilrubert.encoder import ONNX_FILE, ONNX_INT8_FILE, pool
+from distilrubert.encoder import ONNX_FILE, ONNX_INT8_FILE, ort_session, pool
 
 logger = logging.getLogger(__name__)
 
@@ -148,13 +148,18 @@ def _quiet_root_logger():
 
 def optimize_graph(src: Path, dst: Path, model_config) -> dict[str, int]:
     """Fuse the graph with onnxruntime's transformer optimizer; returns the counts of fused operators."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads = getattr(model_config, "num_attention_heads", None) or model_config.n_heads
     hidden = getattr(model_config, "hidden_size", None) or model_config.dim
-    # DistilBERT and BERT share the "bert" fusion patterns.
+    # DistilBERT and BERT share the "bert" fusion patterns. No SkipLayerNormalization: its CPU kernel is
+    # slower than the Add + LayerNormalization it replaces (see encoder.ORT_DISABLED_OPTIMIZERS).
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
     with _quiet_root_logger():
-        optimized = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden)
+        optimized = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden,
+                                   optimization_options=options)
     optimized.save_model_to_file(str(dst))
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
 
@@ -214,9 +219,7 @@ def read_sentences(path: str | Path | None) -> list[str]:
 
 
 def _session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort_session(path)
 
 
 def parity_check(model_dir: str | Path, fp32: Path, int8: Path | None, task: str, sentences: list[str],
