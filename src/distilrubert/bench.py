@@ -41,7 +41,8 @@ from distilrubert.config import option, to_dict
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "torch-compile", "onnx", "onnx-int8")
-# Architecture presets (REFERENCE.md section 4); weights are random, speed does not depend on them.
+# Architecture presets (REFERENCE.md section 4); weights are random (see build_preset), speed does not depend
+# on their values.
 PRESETS: dict[str, tuple[str, dict]] = {
     "distilrubert-tiny-5k": ("distilbert", {"vocab_size": 5000, "dim": 264, "hidden_dim": 792, "n_layers": 3,
                                             "n_heads": 12, "max_position_embeddings": 512}),
@@ -274,6 +275,13 @@ def build_preset(name: str, tokenizer, workdir: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     config_cls, model_cls = (DistilBertConfig, DistilBertModel) if kind == "distilbert" else (BertConfig, BertModel)
     model = model_cls(config_cls(pad_token_id=tokenizer.pad_token_id, **shape))
+    # transformers initialises every LayerNorm to (1, 0) and every bias to 0, so a fresh model has many identical
+    # tensors, which a trained model never has. ONNX Runtime's optimizer merges identical initializers and the
+    # int8 quantiser then dequantises the shared one at run time, a cost no trained model pays. Jitter them.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1:  # LayerNorm weights and biases, linear biases
+                param.add_(torch.randn_like(param) * 0.02)
     out = workdir / name
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
