@@ -153,6 +153,8 @@ def materialise_teacher_logits(alignment, scores, approximate: bool) -> None:
         stop = min(start + step, len(scores))
         if approximate:  # teacher_topk: (positions, vocab) blocks
             scores.rows(start, stop)
+        elif alignment.linear_map.native is not None:  # the native kernel's row-permuted projection
+            alignment.linear_map.native_logits(scores, start, stop, 1.0)
         else:  # the exact reduce KL: (vocab, positions) blocks, into the buffer the KL reuses
             buffer = alignment.linear_map.buffer("teacher", (scores.vocab_size, stop - start), scores.device)
             scores.rows_t(start, stop, out=buffer)
@@ -167,6 +169,8 @@ def bench_alignment(name: str, args, teacher, student, tmap, multi_ids, kl_suppo
     module._teacher_layers = args.teacher_layers
     batch, _ = synthetic_batch(tmap, alignment, multi_ids, args.batch_size, args.length, seed=1)
     assert supports_lazy_head(teacher)
+    if name == "reduce":  # the kernels the KL will use (the teacher's timing computes the projection the same way)
+        alignment.linear_map.choose_kernels(torch.device("cpu"), alignment.chunk_rows)
 
     def teacher_lazy():  # the encoder; the output projection is applied where the loss reads it
         return teacher_forward(teacher, batch, output_hidden_states=True)
@@ -206,6 +210,7 @@ def bench_alignment(name: str, args, teacher, student, tmap, multi_ids, kl_suppo
     overhead = t_full - t_teacher - t_student
     result = {
         "alignment": name, "pooling": config.pooling if name == "reduce" else None,
+        "kl_kernel": alignment.linear_map.kernel_name if name == "reduce" else None,
         "kl_support": kl_support if kl_support == "full" else f"{kl_support} (k={args.kl_top_k})",
         "teacher_shape": list(batch["teacher_input_ids"].shape),
         "student_shape": list(batch["input_ids"].shape), "aligned_positions": len(batch["t_index"]),
@@ -323,7 +328,7 @@ def main() -> None:
     parser.add_argument("--teacher-layers", type=int, default=12)
     parser.add_argument("--teacher-dim", type=int, default=768)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--fused-kl", default="auto", choices=["auto", "on", "off"],
+    parser.add_argument("--fused-kl", default="auto", choices=["auto", "native", "compile", "off"],
                         help="reduce KL block kernels (as distill --fused-kl).")
     parser.add_argument("--kl-support", nargs="+", default=["full"], choices=["full", "teacher-top-k"],
                         help="KL supports to time (teacher-top-k also reports its difference from the exact KL).")

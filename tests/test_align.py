@@ -72,7 +72,8 @@ def test_pool_rows_and_map_to_teacher_by_hand(token_map, pooling):
     assert torch.allclose(mapped[:, col], scores[:, STUDENT["мир"]], atol=1e-6)
 
 
-@pytest.mark.parametrize(("pooling", "fused"), [("sum", "off"), ("sum", "on"), ("logsumexp", "off")])
+@pytest.mark.parametrize(("pooling", "fused"), [("sum", "off"), ("sum", "compile"), ("sum", "native"),
+                                                ("mean", "native"), ("logsumexp", "off")])
 def test_reduce_kl_matches_dense_computation(token_map, pooling, fused):
     torch.manual_seed(0)
     temperature = 2.0
@@ -92,7 +93,7 @@ def test_reduce_kl_matches_dense_computation(token_map, pooling, fused):
     covered = np.flatnonzero(token_map.covered)
     owner = batch["reduce_owner"]
     total, n = 0.0, 0
-    combine = (lambda x: x.sum(0)) if pooling == "sum" else (lambda x: x.logsumexp(0))
+    combine = {"sum": lambda x: x.sum(0), "mean": lambda x: x.mean(0), "logsumexp": lambda x: x.logsumexp(0)}[pooling]
     for b in range(2):
         for j in range(len(t_seqs[b])):
             if not token_map.covered[t_seqs[b][j]]:
@@ -157,7 +158,7 @@ def _fused_and_dense(align, pooled, teacher_rows, temperature):
     return fused.detach(), grad_fused, dense.detach(), grad_dense
 
 
-@pytest.mark.parametrize("fused", ["off", "on"])
+@pytest.mark.parametrize("fused", ["off", "on", "native"])
 @pytest.mark.parametrize("pooling", ["sum", "mean"])
 def test_fused_reduce_kl_exact_when_the_shift_bound_underflows(token_map, pooling, fused):
     # Every pooled score is -100 except "при", which is in no single-piece teacher token: all mapped scores
@@ -173,7 +174,7 @@ def test_fused_reduce_kl_exact_when_the_shift_bound_underflows(token_map, poolin
     assert torch.allclose(grad_fused, grad_dense, atol=1e-5)
 
 
-@pytest.mark.parametrize("fused", ["off", "on"])
+@pytest.mark.parametrize("fused", ["off", "on", "native"])
 @pytest.mark.parametrize("pooling", ["sum", "mean"])
 def test_fused_reduce_kl_with_uncovered_tokens_and_extreme_teacher_logits(token_map, pooling, fused):
     # "中" (uncovered) gets the teacher's largest logit: it must not leak into the covered distribution.
@@ -185,6 +186,76 @@ def test_fused_reduce_kl_with_uncovered_tokens_and_extreme_teacher_logits(token_
     fused, grad_fused, dense, grad_dense = _fused_and_dense(align, pooled, teacher_rows, 2.0)
     assert float(fused) == pytest.approx(float(dense), rel=1e-5)
     assert torch.allclose(grad_fused, grad_dense, atol=1e-5)
+
+
+def _synthetic_token_map(n_student: int, n_teacher: int, seed: int) -> TokenMap:
+    """A student vocabulary of 2-letter tokens and a teacher one of 1-4-piece words (some repeated pieces)."""
+    rng = np.random.default_rng(seed)
+    letters = "абвгдежзиклмнопрстуфх"
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({a + b for a in letters for b in letters})[: n_student - len(specials)]
+    half = len(words) // 2
+    student = specials + words[:half] + ["##" + w for w in words[half:]]
+    teacher = list(specials) + ["中"]  # "中": uncovered
+    while len(teacher) < n_teacher:
+        pieces = [words[rng.integers(half)]] + [words[half + rng.integers(len(words) - half)]
+                                                for _ in range(rng.integers(0, 4))]
+        word = "".join(pieces)
+        if word not in teacher:
+            teacher.append(word)
+    return TokenMap.from_vocabs({t: i for i, t in enumerate(teacher)}, {t: i for i, t in enumerate(student)})
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_native_reduce_kl_matches_dense_on_many_positions(pooling):
+    """Several 16-position groups and a partial one, a teacher block wider than a group, forced rescales."""
+    tmap = _synthetic_token_map(300, 2000, seed=5)
+    align = ReduceAlignment(tmap, student_pad_id=0, pooling=pooling, chunk_elements=2000 * 8, fused="native")
+    generator = torch.Generator().manual_seed(6)
+    pooled = torch.log_softmax(torch.randn(37, 300, generator=generator) * 4, dim=-1)
+    teacher_rows = torch.randn(37, 2000, generator=generator) * 3
+    # Logits rising along the vocabulary: the running shift must be raised (and the sums rescaled) many times.
+    teacher_rows[:5] += torch.linspace(0, 400, 2000)
+    fused, grad_fused, dense, grad_dense = _fused_and_dense(align, pooled, teacher_rows, 2.0)
+    assert align.linear_map.kernel_name == "native"  # built and chosen, not a fallback
+    assert float(fused) == pytest.approx(float(dense), rel=1e-5)
+    assert torch.allclose(grad_fused, grad_dense, atol=1e-6)
+
+
+def test_native_pooled_log_softmax_kernels_match_torch():
+    from distilrubert.align import _pooled_grad_kernel, _row_logsumexp_kernel
+    from distilrubert.native import reduce_kl_kernel
+
+    native = reduce_kl_kernel()
+    assert native is not None  # the build works wherever the tests run (CI included)
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(50, 37, generator=generator) * 5  # 37 columns: two 16-wide vectors and a scalar tail
+    x[3, :] = float("-inf")  # a row of -inf (logsumexp -inf, as torch)
+    lse = native.row_logsumexp(x, 0.5)
+    assert torch.allclose(lse, _row_logsumexp_kernel(x, 0.5), atol=1e-5, equal_nan=True)
+    x[3, :] = 0.0
+    lse = native.row_logsumexp(x, 0.5)
+    grad = torch.randn(11, 37, generator=generator)
+    rows = torch.randint(0, 11, (50,), generator=generator)
+    got = native.pooled_grad(x, lse, grad, grad.sum(-1), rows, 0.5)
+    assert torch.allclose(got, _pooled_grad_kernel(x, lse, grad, grad.sum(-1), rows, 0.5), atol=1e-6)
+    with pytest.raises(RuntimeError, match="out of range"):
+        native.pooled_grad(x, lse, grad, grad.sum(-1), rows + 11, 0.5)
+
+
+def test_native_kernel_build_failure_falls_back_with_a_warning(token_map, monkeypatch):
+    import distilrubert.native as native
+
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.setattr(native, "SOURCE", native.SOURCE.with_name("missing.cpp"))
+    monkeypatch.setattr(native, "cpu_capability", lambda: "TEST_MISSING")  # a fresh extension name
+    align = ReduceAlignment(token_map, student_pad_id=0, fused="native")
+    with pytest.warns(UserWarning, match="native kernel failed"):
+        align.linear_map.choose_kernels(torch.device("cpu"), 4)
+    assert align.linear_map.kernel_name in ("compile", "eager")
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.setenv("DISTILRUBERT_NO_NATIVE", "1")
+    assert native.reduce_kl_kernel() is None
 
 
 @pytest.mark.parametrize("alignment", ["match", "reduce"])
@@ -217,7 +288,7 @@ def test_kl_from_lazy_teacher_head_equals_kl_from_full_logits(token_map, alignme
     assert torch.equal(ids_full, ids_lazy) and torch.allclose(logp_full, logp_lazy, atol=1e-5)
 
 
-@pytest.mark.parametrize("fused", ["off", "on"])
+@pytest.mark.parametrize("fused", ["off", "on", "native"])
 @pytest.mark.parametrize("pooling", ["sum", "mean"])
 def test_pooled_log_softmax_matches_pool_rows_of_log_softmax(token_map, pooling, fused):
     # The one-pass pooled log-softmax (and its gradient) against pool_rows over a plain log-softmax.

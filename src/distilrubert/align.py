@@ -47,7 +47,7 @@ __all__ = ["ALIGNMENTS", "POOLINGS", "Alignment", "MatchAlignment", "ReduceAlign
 
 ALIGNMENTS = ("match", "reduce")
 POOLINGS = ("sum", "mean", "logsumexp")
-FUSED_MODES = ("auto", "on", "off")
+FUSED_MODES = ("auto", "native", "compile", "off", "on")  # "on": the earlier name of "compile"
 
 
 def match_positions(teacher_tokens: Sequence[Any], student_tokens: Sequence[Any]) -> list[tuple[int, int]]:
@@ -263,9 +263,14 @@ class _LinearMap:
                  piece_offsets: torch.Tensor, piece_weights: torch.Tensor, uncovered: torch.Tensor,
                  max_pieces: int, pooling: str, fused: str = "auto") -> None:
         if fused not in FUSED_MODES:
-            raise ValueError(f"--fused-kl: unknown mode {fused!r} ({', '.join(FUSED_MODES)})")
-        self.fused = fused
+            raise ValueError(f"--fused-kl: unknown mode {fused!r} ({', '.join(FUSED_MODES[:-1])})")
+        self.fused = "compile" if fused == "on" else fused
         self.token_pieces, self.token_offsets = token_pieces, token_offsets
+        order, self.native_pieces, self.native_segments = _segments_by_length(token_pieces.numpy(),
+                                                                               token_offsets.numpy())
+        self.native_order = order.long()  # teacher ids in the native kernel's row order
+        self._permuted: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.native: Any = None  # the C++ kernel module (:mod:`distilrubert.native`) when chosen
         self.piece_tokens, self.piece_offsets, self.piece_weights = piece_tokens, piece_offsets, piece_weights
         self.uncovered = uncovered
         self.max_pieces = max_pieces
@@ -279,25 +284,34 @@ class _LinearMap:
 
     def to(self, device: torch.device) -> _LinearMap:
         for name in ("token_pieces", "token_offsets", "piece_tokens", "piece_offsets", "piece_weights", "uncovered",
-                     "bias"):
+                     "bias", "native_order", "native_pieces", "native_segments"):
             setattr(self, name, getattr(self, name).to(device))
-        self._buffers = {}
+        self._buffers, self._permuted = {}, {}
         return self
 
     def choose_kernels(self, device: torch.device, width: int) -> None:
-        """Fused (compiled) or eager block kernels for ``device`` (``auto``: fused on CPU for a large vocabulary).
+        """The kernels for ``device``: native (C++), compiled or eager (``auto``: native, else compiled, on CPU
+        for a large vocabulary; a kernel that cannot be built falls back to the next one with a warning).
 
         The compiled kernels take blocks of exactly ``width`` positions (static shapes); others run eagerly.
         """
         self.kernel_width = width
         if self._kernels_for == device.type:
             return
-        if self.fused == "on" or (self.fused == "auto" and device.type == "cpu"
-                                  and len(self.token_offsets) >= FUSED_MIN_VOCAB):
+        large_cpu = device.type == "cpu" and len(self.token_offsets) >= FUSED_MIN_VOCAB
+        self.native, self.kernels = None, None
+        if device.type == "cpu" and (self.fused == "native" or (self.fused == "auto" and large_cpu)):
+            from distilrubert.native import reduce_kl_kernel
+
+            self.native = reduce_kl_kernel()
+        if self.native is None and (self.fused in ("native", "compile") or (self.fused == "auto" and large_cpu)):
             self.kernels = fused_kernels()
-        else:
-            self.kernels = None
         self._kernels_for = device.type
+
+    @property
+    def kernel_name(self) -> str:
+        """The kernel in use after :meth:`choose_kernels`: ``native``, ``compile`` or ``eager``."""
+        return "native" if self.native is not None else "compile" if self.kernels is not None else "eager"
 
     def buffer(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """A reused work buffer (fresh large allocations cost page faults on every block)."""
@@ -306,6 +320,37 @@ class _LinearMap:
         if held is None or held.numel() < int(np.prod(shape)):
             held = self._buffers[key] = torch.empty(int(np.prod(shape)), device=device)
         return held[: int(np.prod(shape))].view(shape)
+
+    def native_logits(self, teacher, start: int, stop: int, scale: float) -> torch.Tensor:
+        """Teacher logits x ``scale`` of aligned rows ``start:stop`` for the native kernel, ``(tokens, w)``.
+
+        Rows are the covered teacher tokens in the kernel's order (:func:`_segments_by_length`), so the kernel
+        reads them front to back; with the lazy head that order is built into a row-permuted copy of the output
+        projection (made once, uncovered rows dropped), otherwise the full logits are gathered. ``w`` is
+        ``stop - start`` rounded up to 16 so every row starts on a cache line (the extra columns are not read).
+        """
+        c = stop - start
+        width = -(-c // 16) * 16
+        out = self.buffer("teacher", (len(self.native_order), width), teacher.device)
+        if teacher.inputs is None:  # full logits were given (a custom head): gather the rows
+            out[:, :c] = teacher.rows_t(start, stop, scale=scale).index_select(0, self.native_order)
+            return out
+        key = (teacher.weight.data_ptr(), tuple(teacher.weight.shape), teacher.weight.dtype)
+        if key not in self._permuted:
+            self._permuted = {key: (teacher.weight.index_select(0, self.native_order),
+                                    None if teacher.bias is None else teacher.bias.index_select(0, self.native_order))}
+        weight, bias = self._permuted[key]
+        x = teacher.inputs[start:stop]  # (c, d)
+        if width != c:
+            x = torch.cat([x, x.new_zeros(width - c, x.shape[1])])
+        target = out if weight.dtype == out.dtype else None  # a half-precision teacher: its dtype, then convert
+        if bias is None:
+            result = torch.mm(weight, x.t(), out=target).mul_(scale)
+        else:
+            result = torch.addmm(bias[:, None], weight, x.t(), beta=scale, alpha=scale, out=target)
+        if target is None:
+            out.copy_(result)
+        return out
 
     def _to_pieces(self, columns: torch.Tensor) -> torch.Tensor:
         """``(student_vocab, c)`` = ``M @ columns`` for ``(teacher_vocab, c)`` columns."""
@@ -377,6 +422,27 @@ class _LinearMap:
         return mass, total.log().double() + shift.double()  # (c, sv), (c,) float64
 
 
+def _segments_by_length(pieces: np.ndarray, offsets: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """The map as the native kernel reads it: covered teacher tokens sorted by piece count, then by pieces.
+
+    Returns ``(order, pieces, segments)``: ``(ntok,)`` teacher ids, their pieces concatenated (int32),
+    and ``(nseg, 2)`` int64 rows ``(piece count, number of tokens)``. Tokens of one count are contiguous, so
+    the kernel's loops over pieces have fixed lengths; sorting by pieces makes neighbours share their first
+    pieces (cached reads and writes).
+    """
+    lengths = np.diff(offsets, append=len(pieces))  # (tv,) 0 = uncovered
+    width = max(int(lengths.max(initial=0)), 1)
+    padded = np.full((len(lengths), width), -1, dtype=np.int64)  # (tv, max pieces)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    padded[rows, np.arange(len(pieces)) - np.repeat(offsets, lengths)] = pieces
+    order = np.lexsort([padded[:, k] for k in reversed(range(width))] + [lengths])  # by count, then pieces
+    order = order[lengths[order] > 0]
+    counts = np.bincount(lengths[order], minlength=width + 1)
+    segments = np.array([(n, counts[n]) for n in range(1, width + 1) if counts[n]], dtype=np.int64).reshape(-1, 2)
+    flat = np.concatenate([padded[order[lengths[order] == n], :n].ravel() for n, _ in segments] or [np.zeros(0)])
+    return torch.as_tensor(order), torch.as_tensor(flat.astype(np.int32)), torch.as_tensor(segments)
+
+
 class _MappedKL(torch.autograd.Function):
     """Sum over aligned positions of ``KL(P_teacher || softmax(p @ M))``, its gradient made in the forward.
 
@@ -397,6 +463,13 @@ class _MappedKL(torch.autograd.Function):
             t_stop = min(t_start + teacher_block, n)
             # The teacher projection in large blocks (its weight is read once per block), the rest in small
             # blocks whose (teacher_vocab, block) tensors stay in cache.
+            if linear_map.native is not None:  # the whole block in one pass (csrc/reduce_kl.cpp)
+                logits = linear_map.native_logits(teacher, t_start, t_stop, 1.0 / temperature)  # (tokens, w)
+                block_loss = linear_map.native.reduce_kl(
+                    logits, pooled[t_start:t_stop].float().contiguous(), linear_map.native_pieces,
+                    linear_map.native_segments, linear_map.pooling == "mean", grad[t_start:t_stop])  # (tc,)
+                loss += block_loss.sum()
+                continue
             logits = teacher.rows_t(t_start, t_stop, scale=1.0 / temperature,
                                     out=linear_map.buffer("teacher", (teacher.vocab_size, t_stop - t_start),
                                                           pooled.device))  # (tv, tc)
@@ -638,7 +711,8 @@ class ReduceAlignment(Alignment):
             self.chunk_rows = max(1, 4 * chunk_elements // (n_teacher * matrix.shape[1]))
         else:
             self.chunk_rows = max(1, chunk_elements // n_teacher)
-        self.projection_rows = max(self.chunk_rows, projection_elements // n_teacher)
+        # A multiple of 32 positions: whole 16-position groups for the native kernel, split evenly over threads.
+        self.projection_rows = max(self.chunk_rows, projection_elements // n_teacher // 32 * 32)
 
     def to(self, device: torch.device) -> ReduceAlignment:
         for name in ("cov_ids", "bag_input", "bag_offsets", "gather_index", "uncovered"):
@@ -681,7 +755,9 @@ class ReduceAlignment(Alignment):
             position_row[t_index] = torch.arange(n, device=t_index.device)
             rows = position_row[batch["reduce_owner"].reshape(-1)]  # owner -1 -> the extra last entry -> n
             self.linear_map.choose_kernels(student_logits.device, self.chunk_rows)
-            kernels = self.linear_map.kernels or _EAGER_KERNELS
+            native = self.linear_map.native
+            kernels = ({"lse": native.row_logsumexp, "pooled_grad": native.pooled_grad} if native is not None
+                       else self.linear_map.kernels or _EAGER_KERNELS)
             return _PooledLogSoftmax.apply(student_logits.reshape(-1, student_logits.shape[-1]), rows, n,
                                            temperature, self.pooling, kernels)
         logp = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (batch, len, student_vocab)
