@@ -30,6 +30,7 @@ logsumexp map a gather from it: no dense one-hot matrix anywhere.
 from __future__ import annotations
 
 import bisect
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -464,7 +465,8 @@ class _MappedKL(torch.autograd.Function):
             # The teacher projection in large blocks (its weight is read once per block), the rest in small
             # blocks whose (teacher_vocab, block) tensors stay in cache.
             if linear_map.native is not None:  # the whole block in one pass (csrc/reduce_kl.cpp)
-                logits = linear_map.native_logits(teacher, t_start, t_stop, 1.0 / temperature)  # (tokens, w)
+                # base-2 logits (x log2 e): the kernel's exponentials are exp2
+                logits = linear_map.native_logits(teacher, t_start, t_stop, math.log2(math.e) / temperature)
                 block_loss = linear_map.native.reduce_kl(
                     logits, pooled[t_start:t_stop].float().contiguous(), linear_map.native_pieces,
                     linear_map.native_segments, linear_map.pooling == "mean", grad[t_start:t_stop])  # (tc,)

@@ -12,7 +12,9 @@
 // contiguous floats, the student scores of a piece are a kLanes-wide vector of a (student_vocab, kLanes)
 // transposed copy, so every operation is one vector instruction per teacher token and piece. Both softmaxes use
 // running shifts: a lane is rescaled only when a value exceeds its shift by more than kRescale, so there is no
-// separate max pass and exp never overflows. Exponents are floored at kExpFloor (no denormals).
+// separate max pass and exp never overflows. The loop works in base 2 (logits and scores arrive multiplied by
+// log2 e, so each exponential is one exp2); denormals are flushed to zero (FTZ/DAZ) while it runs on x86,
+// elsewhere exponents are floored at kExpFloor.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -28,44 +30,58 @@
 
 namespace {
 
+#define HOT inline __attribute__((always_inline))  // the inner loop must be one function, state in registers
+
 constexpr int kLanes = 16;
 typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t vint __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-constexpr float kRescale = 30.0f;   // e^30 * 120K tokens stays far below the float maximum
-constexpr float kExpFloor = -87.0f;  // e^-87 is still a normal float
+constexpr float kRescale = 43.0f;   // in log2 units: 2^43 * 120K tokens stays far below the float maximum
+constexpr float kExpFloor = -125.0f;  // 2^-125 is still a normal float
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr double kLn2 = 0.693147180559945309;
+#if defined(__SSE__)
+constexpr bool kFloor = false;  // FTZ/DAZ (FlushDenormals) instead
+#else
+constexpr bool kFloor = true;
+#endif
+constexpr int kAhead = 32;           // teacher rows prefetched this many tokens ahead
+constexpr int64_t kBlock = 64;       // tokens per partial sum
+constexpr int kV = 2;                // vectors per group: a row read is kV adjacent cache lines
+constexpr int kGroup = kV * kLanes;  // positions per group
 
-inline vfloat splat(float x) {
+HOT vfloat splat(float x) {
   vfloat v;
   for (int i = 0; i < kLanes; ++i) v[i] = x;
   return v;
 }
 
-inline vfloat vmax(vfloat a, vfloat b) { return a > b ? a : b; }
-
-// exp on kLanes floats: 2^n * P(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2], P the Cephes
-// degree-6 polynomial (relative error ~2e-7). x is clamped to [kExpFloor, 88].
-inline vfloat vexp(vfloat x) {
-  x = vmax(x, splat(kExpFloor));
-  x = x < splat(88.0f) ? x : splat(88.0f);
+HOT vfloat vmax(vfloat a, vfloat b) {
 #if defined(__AVX512F__)
-  const vfloat n = (vfloat)_mm512_roundscale_ps((__m512)(x * splat(1.44269504088896341f)),
-                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return (vfloat)_mm512_max_ps((__m512)a, (__m512)b);
 #else
-  const vfloat n = __builtin_convertvector(
-      __builtin_convertvector(x * splat(1.44269504088896341f) + (x >= splat(0.0f) ? splat(0.5f) : splat(-0.5f)),
-                              vint),
-      vfloat);
+  return a > b ? a : b;
 #endif
-  vfloat r = x - n * splat(0.693359375f);
-  r = r + n * splat(2.12194440e-4f);
-  vfloat p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
+}
+
+// 2^x for x <= 127 (Cephes exp2f: n = round(x), r = x - n in [-1/2, 1/2], 2^r = 1 + r P(r); relative error
+// ~1e-7). Below -126 the result is denormal or 0 (flushed to 0 under FTZ).
+HOT vfloat vexp2(vfloat x) {
+#if defined(__AVX512F__)
+  const vfloat n = (vfloat)_mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  x = vmax(x, splat(kExpFloor));
+  const vfloat n = __builtin_convertvector(
+      __builtin_convertvector(x + (x >= splat(0.0f) ? splat(0.5f) : splat(-0.5f)), vint), vfloat);
+#endif
+  const vfloat r = x - n;
+  vfloat p = splat(1.535336188319500e-4f);
+  p = p * r + splat(1.339887440266574e-3f);
+  p = p * r + splat(9.618437357674640e-3f);
+  p = p * r + splat(5.550332471162809e-2f);
+  p = p * r + splat(2.402264791363012e-1f);
+  p = p * r + splat(6.931472028550421e-1f);
+  p = p * r + splat(1.0f);
 #if defined(__AVX512F__)
   return (vfloat)_mm512_scalef_ps((__m512)p, (__m512)n);
 #else
@@ -76,8 +92,23 @@ inline vfloat vexp(vfloat x) {
 #endif
 }
 
+// e^x for x <= 88, floored at e^-86 (the pooled log-softmax kernels).
+HOT vfloat vexp(vfloat x) { return vexp2(vmax(x * splat(kLog2e), splat(kExpFloor))); }
+
+// Floors an exponent where denormals are not flushed (a no-op on x86, which flushes them).
+HOT vfloat floored(vfloat x) { return kFloor ? vmax(x, splat(kExpFloor)) : x; }
+
+// Denormals flushed to zero (and read as zero) in this scope: exponents far below the shift then cost nothing.
+struct FlushDenormals {
+#if defined(__SSE__)
+  unsigned saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
 // Whether a > b in any lane (a compare and a mask test; the generic loop only without AVX).
-inline bool any_greater(vfloat a, vfloat b) {
+HOT bool any_greater(vfloat a, vfloat b) {
 #if defined(__AVX512F__)
   return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_GT_OQ) != 0;
 #elif defined(__AVX__)
@@ -93,163 +124,179 @@ inline bool any_greater(vfloat a, vfloat b) {
 #endif
 }
 
-inline bool any_not_one(vfloat a) { return any_greater(a, splat(1.0f)) || any_greater(splat(1.0f), a); }
-
-// Running-shift softmax state of one side over kLanes positions. Sums are accumulated in blocks of tokens
-// (psum, pdot) that are added to the totals by flush(): a long sequential float sum drops the small terms that
-// follow a dominant one, the blocked one keeps them (the same accuracy as torch's reductions in the tests).
+// One side's softmax over the tokens, per lane: e_t = exp(x_t - shift), sum = sum_t e_t, dot = sum_t e_t (x_t -
+// shift) (the entropy's numerator; teacher only), acc[s] = sum_t M[s, t] e_t. The shift is a running one: the
+// first token's value, raised (and everything rescaled) only when a value exceeds it by more than kRescale.
 struct Side {
-  vfloat shift, sum, dot;  // dot: sum_t e_t (x_t - shift) (entropy numerator; teacher only)
-  vfloat psum, pdot;       // the current block's part of sum and dot
-  float* acc;              // (student_vocab, kLanes): sum_t e_t M[s, t]
-  bool started = false;
+  vfloat shift[kV], sum[kV], dot[kV];
+  vfloat* acc;  // (student_vocab, kV) vectors
 
-  // Account for values x of one token (e = exp(x - shift)); returns e.
-  template <bool kDot>
-  inline vfloat add(vfloat x, int64_t sv) {
-    if (!started) {
-      shift = x, sum = dot = psum = pdot = splat(0.0f), started = true;
-    } else {
-      const vfloat limit = shift + splat(kRescale);
-      if (any_greater(x, limit)) rescale(x > limit ? x : shift, sv);
-    }
-    const vfloat d = x - shift;
-    const vfloat e = vexp(d);
-    psum += e;
-    if (kDot) pdot += e * vmax(d, splat(kExpFloor));
-    return e;
-  }
-
-  inline void flush() {
-    if (!started) return;
-    sum += psum, dot += pdot;
-    psum = pdot = splat(0.0f);
-  }
-
-  void rescale(vfloat new_shift, int64_t sv) {
-    const vfloat factor = vexp(shift - new_shift);
-    if (any_not_one(factor)) {
-      dot = factor * (dot + (shift - new_shift) * sum);
-      pdot = factor * (pdot + (shift - new_shift) * psum);
-      sum *= factor;
-      psum *= factor;
-      for (int64_t s = 0; s < sv; ++s) {
-        vfloat* a = reinterpret_cast<vfloat*>(acc + s * kLanes);
-        *a *= factor;
-      }
-    }
-    shift = new_shift;
+  // Raise the shift of vector v's lanes where x > shift + kRescale to x; the partial sums are rescaled too.
+  __attribute__((noinline)) void raise(int v, vfloat x, vfloat& psum, vfloat& pdot, int64_t sv) {
+    const vfloat up = x > shift[v] + splat(kRescale) ? x : shift[v];
+    const vfloat drop = shift[v] - up;  // <= 0
+    const vfloat factor = vexp2(floored(drop));
+    dot[v] = factor * (dot[v] + drop * sum[v]), sum[v] *= factor;
+    pdot = factor * (pdot + drop * psum), psum *= factor;
+    for (int64_t s = 0; s < sv; ++s) acc[s * kV + v] *= factor;
+    shift[v] = up;
   }
 };
 
-constexpr int kAhead = 32;  // teacher rows prefetched this many tokens ahead
-constexpr int64_t kBlock = 64;  // tokens per partial sum (a power of 2)
-
-// The state of one group of `lanes` <= kLanes positions.
+// The state of one group of `lanes` <= kGroup positions: kV vectors of kLanes.
 struct Group {
-  const float* logits;  // the group's first column of the (tv, c) logits
+  const float* logits;  // the group's first column of the (tokens, w) logits
   int64_t stride;       // row stride of the logits
   int lanes;
-  bool mean;
-  const vfloat* z;  // (sv, kLanes) pooled scores, transposed
-  vfloat* acc_t;    // (sv, kLanes) teacher mass
-  vfloat* acc_s;    // (sv, kLanes) student mass
+  const vfloat* z;  // (sv, kV) pooled scores of the group's positions, transposed
   int64_t sv;
   Side teacher, student;
 
-  inline vfloat row(int64_t t) const {
-    const float* src = logits + t * stride;
-    vfloat x;
+  HOT vfloat row(int64_t t, int v) const {
+    const float* src = logits + t * stride + v * kLanes;
+    const int have = lanes - v * kLanes;  // valid lanes in this vector
 #if defined(__AVX512F__)
-    if (lanes == kLanes) return (vfloat)_mm512_loadu_ps(src);
-    return (vfloat)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << lanes) - 1), src);
+    if (have >= kLanes) return (vfloat)_mm512_loadu_ps(src);
+    return (vfloat)_mm512_maskz_loadu_ps(have > 0 ? static_cast<__mmask16>((1u << have) - 1) : 0, src);
 #else
-    if (lanes == kLanes) {
+    vfloat x = splat(0.0f);
+    if (have >= kLanes) {
       std::memcpy(&x, src, sizeof(x));
     } else {
-      x = splat(0.0f);
-      for (int g = 0; g < lanes; ++g) x[g] = src[g];
+      for (int g = 0; g < have; ++g) x[g] = src[g];
     }
     return x;
 #endif
   }
 
-  // `count` tokens of `N` pieces each (N = 0: `n` pieces, a run-time count) whose logits are rows
-  // first, first + 1, ...
-  template <int N>
+  template <int N, bool kMean>
+  HOT vfloat score(const int32_t* own, int np, int v) const {
+    vfloat out = z[own[0] * kV + v];
+    for (int k = 1; k < (N ? N : np); ++k) out += z[own[k] * kV + v];
+    if (kMean) out *= splat(1.0f / static_cast<float>(N ? N : np));
+    return out;
+  }
+
+  // `count` tokens of `N` pieces each (N = 0: `n` pieces, a run-time count) whose logits are rows first, first + 1,
+  // ...; the shifts, limits and partial sums stay in registers.
+  template <int N, bool kMean>
   void segment(int64_t first, const int32_t* pieces, int64_t count, int n) {
     const int np = N ? N : n;
-    const vfloat w = splat(mean ? 1.0f / static_cast<float>(np) : 1.0f);
-    for (int64_t i = 0; i < count; ++i) {
-      if ((i & (kBlock - 1)) == 0) teacher.flush(), student.flush();
-      const int32_t* own = pieces + i * np;
-      __builtin_prefetch(logits + (first + i + kAhead) * stride);  // past the end: harmless, never faults
-      const vfloat x = row(first + i);
-      vfloat score = z[own[0]];
-      for (int k = 1; k < np; ++k) score += z[own[k]];
-      if (mean) score *= w;
-      const vfloat et = teacher.add<true>(x, sv) * w;
-      const vfloat es = student.add<false>(score, sv) * w;
-      for (int k = 0; k < np; ++k) {
-        acc_t[own[k]] += et;
-        acc_s[own[k]] += es;
+    const vfloat w = splat(kMean ? 1.0f / static_cast<float>(np) : 1.0f);
+    const vfloat margin = splat(kRescale);
+    vfloat t_limit[kV], s_limit[kV];
+    for (int v = 0; v < kV; ++v) t_limit[v] = teacher.shift[v] + margin, s_limit[v] = student.shift[v] + margin;
+    vfloat* acc_t = teacher.acc;
+    vfloat* acc_s = student.acc;
+    for (int64_t start = 0; start < count; start += kBlock) {
+      const int64_t stop = std::min(count, start + kBlock);
+      vfloat t_sum[kV], t_dot[kV], s_sum[kV], s_dot[kV];
+      for (int v = 0; v < kV; ++v) t_sum[v] = t_dot[v] = s_sum[v] = s_dot[v] = splat(0.0f);
+      for (int64_t i = start; i < stop; ++i) {
+        const int32_t* own = pieces + i * np;
+        for (int v = 0; v < kV; ++v)  // past the end: harmless, never faults
+          __builtin_prefetch(logits + (first + i + kAhead) * stride + v * kLanes);
+        vfloat et[kV], es[kV];
+        for (int v = 0; v < kV; ++v) {
+          const vfloat x = row(first + i, v);
+          const vfloat y = score<N, kMean>(own, np, v);
+          if (__builtin_expect(any_greater(x, t_limit[v]), 0)) {
+            teacher.raise(v, x, t_sum[v], t_dot[v], sv);
+            t_limit[v] = teacher.shift[v] + margin;
+          }
+          if (__builtin_expect(any_greater(y, s_limit[v]), 0)) {
+            student.raise(v, y, s_sum[v], s_dot[v], sv);
+            s_limit[v] = student.shift[v] + margin;
+          }
+          const vfloat dt = floored(x - (t_limit[v] - margin));
+          et[v] = vexp2(dt);
+          t_sum[v] += et[v], t_dot[v] += et[v] * dt;
+          es[v] = vexp2(floored(y - (s_limit[v] - margin)));
+          s_sum[v] += es[v];
+          if (kMean) et[v] *= w, es[v] *= w;
+        }
+        for (int k = 0; k < np; ++k) {
+          vfloat* at = acc_t + own[k] * kV;
+          vfloat* as = acc_s + own[k] * kV;
+          for (int v = 0; v < kV; ++v) at[v] += et[v], as[v] += es[v];
+        }
       }
+      for (int v = 0; v < kV; ++v) teacher.sum[v] += t_sum[v], teacher.dot[v] += t_dot[v], student.sum[v] += s_sum[v];
     }
   }
 };
 
+template <bool kMean>
+void run_segment(Group& group, int64_t first, const int32_t* pieces, int64_t count, int n) {
+  switch (n) {  // fixed piece counts unroll; tokens of the same count are contiguous, so no mispredictions
+    case 1: return group.segment<1, kMean>(first, pieces, count, n);
+    case 2: return group.segment<2, kMean>(first, pieces, count, n);
+    case 3: return group.segment<3, kMean>(first, pieces, count, n);
+    case 4: return group.segment<4, kMean>(first, pieces, count, n);
+    case 5: return group.segment<5, kMean>(first, pieces, count, n);
+    case 6: return group.segment<6, kMean>(first, pieces, count, n);
+    default: return group.segment<0, kMean>(first, pieces, count, n);
+  }
+}
+
 // One group: every covered teacher token, segment by segment. Writes grad rows and loss[lane].
 void group_kl(const float* logits, int64_t stride, const float* pooled, int64_t sv, int lanes, const int32_t* pieces,
               const int64_t* segments, int64_t n_segments, bool mean, float* grad, double* loss, float* work) {
-  float* z = work;
-  float* acc_t = work + sv * kLanes;
-  float* acc_s = work + 2 * sv * kLanes;
-  std::memset(work, 0, sizeof(float) * 3 * sv * kLanes);
-  for (int g = 0; g < lanes; ++g)
-    for (int64_t s = 0; s < sv; ++s) z[s * kLanes + g] = pooled[g * sv + s];
-  Group group{logits, stride, lanes, mean, reinterpret_cast<const vfloat*>(z), reinterpret_cast<vfloat*>(acc_t),
-              reinterpret_cast<vfloat*>(acc_s), sv, {}, {}};
-  group.teacher.acc = acc_t, group.student.acc = acc_s;
+  float* z = work;  // work: 3 (sv, kGroup) arrays
+  float* acc_t = work + sv * kGroup;
+  float* acc_s = work + 2 * sv * kGroup;
+  std::memset(work, 0, sizeof(float) * 3 * sv * kGroup);
+  for (int g = 0; g < lanes; ++g)  // position g is lane g % kLanes of vector g / kLanes
+    for (int64_t s = 0; s < sv; ++s) z[s * kGroup + g] = pooled[g * sv + s] * kLog2e;  // base 2
+  Group group{logits, stride, lanes, reinterpret_cast<const vfloat*>(z), sv, {}, {}};
+  group.teacher.acc = reinterpret_cast<vfloat*>(acc_t), group.student.acc = reinterpret_cast<vfloat*>(acc_s);
+  for (int v = 0; v < kV; ++v) {
+    group.teacher.sum[v] = group.teacher.dot[v] = group.student.sum[v] = group.student.dot[v] = splat(0.0f);
+    group.teacher.shift[v] = group.student.shift[v] = splat(0.0f);
+    if (n_segments > 0) {  // the first token's values: shifts no greater than the maxima
+      const int n = static_cast<int>(segments[0]);
+      group.teacher.shift[v] = group.row(0, v);
+      group.student.shift[v] = mean ? group.score<0, true>(pieces, n, v) : group.score<0, false>(pieces, n, v);
+    }
+  }
   int64_t first = 0;
   for (int64_t seg = 0; seg < n_segments; ++seg) {
     const int n = static_cast<int>(segments[2 * seg]);
     const int64_t count = segments[2 * seg + 1];
-    switch (n) {  // fixed piece counts unroll; tokens of the same count are contiguous, so no mispredictions
-      case 1: group.segment<1>(first, pieces, count, n); break;
-      case 2: group.segment<2>(first, pieces, count, n); break;
-      case 3: group.segment<3>(first, pieces, count, n); break;
-      case 4: group.segment<4>(first, pieces, count, n); break;
-      case 5: group.segment<5>(first, pieces, count, n); break;
-      case 6: group.segment<6>(first, pieces, count, n); break;
-      default: group.segment<0>(first, pieces, count, n);
+    if (mean) {
+      run_segment<true>(group, first, pieces, count, n);
+    } else {
+      run_segment<false>(group, first, pieces, count, n);
     }
     first += count, pieces += count * n;
   }
-  group.teacher.flush(), group.student.flush();
   const Side& teacher = group.teacher;
   const Side& student = group.student;
   for (int g = 0; g < lanes; ++g) {
-    const double t_sum = teacher.sum[g], s_sum = student.sum[g];
-    const double entropy = teacher.dot[g] / t_sum - std::log(t_sum);  // sum_t P log P
-    const double lse = std::log(s_sum) + student.shift[g];             // logsumexp_t (p @ M)_t
-    double cross = 0.0;                                                // p . (M P)
+    const int v = g / kLanes, l = g % kLanes;
+    const double t_sum = teacher.sum[v][l], s_sum = student.sum[v][l];
+    // Back to natural units: log P_t = ln 2 (x_t - shift) - ln(sum) for base-2 logits x.
+    const double entropy = kLn2 * teacher.dot[v][l] / t_sum - std::log(t_sum);  // sum_t P log P
+    const double lse = std::log(s_sum) + kLn2 * student.shift[v][l];             // logsumexp_t (p @ M)_t
+    double cross = 0.0;                                                          // p . (M P), base 2
     const float inv_t = static_cast<float>(1.0 / t_sum), inv_s = static_cast<float>(1.0 / s_sum);
     float* out = grad + g * sv;
     for (int64_t s = 0; s < sv; ++s) {
-      const float mass_t = acc_t[s * kLanes + g] * inv_t;
-      cross += static_cast<double>(z[s * kLanes + g]) * mass_t;
-      out[s] = acc_s[s * kLanes + g] * inv_s - mass_t;
+      const float mass_t = acc_t[s * kGroup + g] * inv_t;
+      cross += static_cast<double>(z[s * kGroup + g]) * mass_t;
+      out[s] = acc_s[s * kGroup + g] * inv_s - mass_t;
     }
-    loss[g] = entropy - cross + lse;
+    loss[g] = entropy - kLn2 * cross + lse;
   }
 }
 
 }  // namespace
 
-// logits: (ntok, w) float32 with contiguous rows, the covered teacher tokens' logits / T in the map's order (row
-// i = the i-th token of `segments`), w >= c; pooled: (c, sv) float32 contiguous; pieces: int32, the tokens'
-// student pieces concatenated in that order; segments: (nseg, 2) int64 rows (piece count n, number of tokens),
-// tokens sorted by n; grad: (c, sv) float32 contiguous, written. Returns the KL of each position, (c,) float64.
+// logits: (ntok, w) float32 with contiguous rows: the covered teacher tokens' logits x log2(e) / T (base 2), row i
+// for the i-th token of `segments`, w >= c; pooled: (c, sv) float32 contiguous, the student's pooled
+// log-probabilities (natural log); pieces: int32, the tokens' student pieces concatenated in that order;
+// segments: (nseg, 2) int64 rows (piece count n, number of tokens), tokens sorted by n; grad: (c, sv) float32
+// contiguous, written. Returns the KL of each position, (c,) float64.
 torch::Tensor reduce_kl(torch::Tensor logits, torch::Tensor pooled, torch::Tensor pieces, torch::Tensor segments,
                         bool mean, torch::Tensor grad) {
   TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == torch::kFloat && logits.stride(1) == 1,
@@ -275,14 +322,15 @@ torch::Tensor reduce_kl(torch::Tensor logits, torch::Tensor pooled, torch::Tenso
   const int64_t n_segments = segments.size(0);
   float* gp = grad.data_ptr<float>();
   double* ls = loss.data_ptr<double>();
-  const int64_t groups = (c + kLanes - 1) / kLanes;
+  const int64_t groups = (c + kGroup - 1) / kGroup;
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> work(3 * sv * kLanes + kLanes);
+    std::vector<float> work(3 * sv * kGroup + kLanes);
     float* aligned = work.data();
     while (reinterpret_cast<uintptr_t>(aligned) % 64) ++aligned;  // aligned vector accesses
     for (int64_t gi = begin; gi < end; ++gi) {
-      const int64_t col = gi * kLanes;
-      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c - col));
+      const int64_t col = gi * kGroup;
+      const int lanes = static_cast<int>(std::min<int64_t>(kGroup, c - col));
+      FlushDenormals ftz;
       group_kl(lp + col, stride, pp + col * sv, sv, lanes, pc, sg, n_segments, mean, gp + col * sv, ls + col, aligned);
     }
   });
@@ -374,7 +422,8 @@ torch::Tensor pooled_grad(torch::Tensor x, torch::Tensor lse, torch::Tensor g, t
         vfloat xv, gv;
         std::memcpy(&xv, xi + j, sizeof(xv));
         std::memcpy(&gv, gi + j, sizeof(gv));
-        const vfloat o = (gv - vexp(xv * splat(scale) - splat(shift)) * splat(mass)) * splat(scale);
+        const vfloat e = vexp(xv * splat(scale) - splat(shift));  // lse >= x: e <= 1
+        const vfloat o = (gv - e * splat(mass)) * splat(scale);
         std::memcpy(oi + j, &o, sizeof(o));
       }
       for (int64_t j = full; j < v; ++j) oi[j] = (gi[j] - std::exp(xi[j] * scale - shift) * mass) * scale;
