@@ -144,17 +144,30 @@ def test_fused_reduce_kl_value_and_gradient_match_autograd(token_map, pooling):
     assert torch.allclose(grad_fused, pooled.grad, atol=1e-5)
 
 
-def _fused_and_dense(align, pooled, teacher_rows, temperature):
-    """The fused reduce KL and the autograd reference on the same pooled scores: values and gradients."""
-    from distilrubert.align import _MappedKL
+def _fused_and_dense(align, scores, teacher_rows, temperature):
+    """The reduce KL as the alignment computes it (native, compiled or eager) and the autograd reference.
+
+    One student piece per aligned row, with logits ``scores * T``: its pooled log-probabilities are
+    ``log_softmax(scores)``. Values (without T^2) and gradients with respect to those logits.
+    """
+    from distilrubert.align import _MappedKL, _NativeReduceKL
     from distilrubert.teacher_head import TeacherScores
 
-    pooled = pooled.clone().requires_grad_()
-    scores = TeacherScores.from_logits(teacher_rows[None], torch.arange(len(teacher_rows)))
-    fused = _MappedKL.apply(pooled, align.linear_map, scores, temperature, align.chunk_rows, 2 * align.chunk_rows)
-    (grad_fused,) = torch.autograd.grad(fused, pooled)
-    dense = align._kl_dense(pooled, teacher_rows, temperature) / temperature**2  # _MappedKL has no T^2
-    (grad_dense,) = torch.autograd.grad(dense, pooled)
+    n = len(teacher_rows)
+    logits = (scores * temperature).clone().requires_grad_()
+    teacher = TeacherScores.from_logits(teacher_rows[None], torch.arange(n))
+    align.linear_map.choose_kernels(logits.device, align.chunk_rows)
+    if align.linear_map.native is not None:
+        fused = _NativeReduceKL.apply(logits, torch.arange(n), n, align.linear_map, teacher, temperature,
+                                      align.projection_rows)  # 37 positions: a full 32-position group + 5
+    else:
+        pooled = torch.log_softmax(logits / temperature, dim=-1)
+        fused = _MappedKL.apply(pooled, align.linear_map, teacher, temperature, align.chunk_rows,
+                                2 * align.chunk_rows)
+    (grad_fused,) = torch.autograd.grad(fused, logits)
+    pooled = torch.log_softmax(logits / temperature, dim=-1)
+    dense = align._kl_dense(pooled, teacher_rows, temperature) / temperature**2  # the kernels have no T^2
+    (grad_dense,) = torch.autograd.grad(dense, logits)
     return fused.detach(), grad_fused, dense.detach(), grad_dense
 
 
@@ -196,10 +209,10 @@ def _synthetic_token_map(n_student: int, n_teacher: int, seed: int) -> TokenMap:
     words = sorted({a + b for a in letters for b in letters})[: n_student - len(specials)]
     half = len(words) // 2
     student = specials + words[:half] + ["##" + w for w in words[half:]]
-    teacher = list(specials) + ["中"]  # "中": uncovered
+    teacher = [*specials, "中"]  # "中": uncovered
     while len(teacher) < n_teacher:
-        pieces = [words[rng.integers(half)]] + [words[half + rng.integers(len(words) - half)]
-                                                for _ in range(rng.integers(0, 4))]
+        pieces = [words[rng.integers(half)], *(words[half + rng.integers(len(words) - half)]
+                                               for _ in range(rng.integers(0, 4)))]
         word = "".join(pieces)
         if word not in teacher:
             teacher.append(word)

@@ -464,14 +464,6 @@ class _MappedKL(torch.autograd.Function):
             t_stop = min(t_start + teacher_block, n)
             # The teacher projection in large blocks (its weight is read once per block), the rest in small
             # blocks whose (teacher_vocab, block) tensors stay in cache.
-            if linear_map.native is not None:  # the whole block in one pass (csrc/reduce_kl.cpp)
-                # base-2 logits (x log2 e): the kernel's exponentials are exp2
-                logits = linear_map.native_logits(teacher, t_start, t_stop, math.log2(math.e) / temperature)
-                block_loss = linear_map.native.reduce_kl(
-                    logits, pooled[t_start:t_stop].float().contiguous(), linear_map.native_pieces,
-                    linear_map.native_segments, linear_map.pooling == "mean", grad[t_start:t_stop])  # (tc,)
-                loss += block_loss.sum()
-                continue
             logits = teacher.rows_t(t_start, t_stop, scale=1.0 / temperature,
                                     out=linear_map.buffer("teacher", (teacher.vocab_size, t_stop - t_start),
                                                           pooled.device))  # (tv, tc)
@@ -494,6 +486,43 @@ class _MappedKL(torch.autograd.Function):
     def backward(ctx, grad_output):
         (grad_pooled,) = ctx.saved_tensors
         return grad_pooled * grad_output, None, None, None, None, None
+
+
+class _NativeReduceKL(torch.autograd.Function):
+    """The ``sum``/``mean`` reduce KL from the student's piece logits in the native kernels (``csrc/reduce_kl.cpp``).
+
+    The same value and gradient as :class:`_PooledLogSoftmax` followed by :class:`_MappedKL`, in three passes:
+    the pooled log-softmax of the pieces per aligned position (``pooled_forward``), the KL and its gradient
+    with respect to the pooled scores per block of positions against the teacher projection computed block by
+    block (``reduce_kl``), and the gradient with respect to the piece logits (``pooled_backward``), kept for
+    the backward pass. The pooled scores and their gradient live in reused buffers.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, rows, n, linear_map, teacher, temperature, block):
+        # logits: (pieces, sv); rows: (pieces,) aligned row of each piece (n = none); teacher: TeacherScores
+        native, mean = linear_map.native, linear_map.pooling == "mean"
+        x = logits.float().contiguous()
+        shape = (n, x.shape[1])
+        pooled = linear_map.buffer("pooled", shape, x.device)
+        grad_pooled = linear_map.buffer("grad_pooled", shape, x.device)
+        lse, counts = native.pooled_forward(x, rows, 1.0 / temperature, mean, pooled)
+        loss = torch.zeros((), dtype=torch.float64)
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            # base-2 logits (x log2 e): the kernel's exponentials are exp2
+            t_logits = linear_map.native_logits(teacher, start, stop, math.log2(math.e) / temperature)
+            loss += native.reduce_kl(t_logits, pooled[start:stop], linear_map.native_pieces,
+                                     linear_map.native_segments, mean, grad_pooled[start:stop]).sum()
+        grad_x = native.pooled_backward(x, lse, rows, counts, grad_pooled, 1.0 / temperature, mean)
+        ctx.save_for_backward(grad_x)
+        ctx.logits_dtype = logits.dtype
+        return loss.to(torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad_x,) = ctx.saved_tensors
+        return (grad_x * grad_output).to(ctx.logits_dtype), None, None, None, None, None, None
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -747,15 +776,20 @@ class ReduceAlignment(Alignment):
     def support_size(self) -> int:
         return len(self.cov_ids)
 
+    @staticmethod
+    def _piece_rows(batch) -> tuple[torch.Tensor, int]:
+        """The aligned row of each piece of the rewritten sequence (``n`` = none: padding, unaligned) and ``n``."""
+        t_index = batch["t_index"]
+        n = len(t_index)
+        position_row = torch.full((batch["teacher_input_ids"].numel() + 1,), n, dtype=torch.long,
+                                  device=t_index.device)  # flat teacher position -> aligned row (n: none)
+        position_row[t_index] = torch.arange(n, device=t_index.device)
+        return position_row[batch["reduce_owner"].reshape(-1)], n  # owner -1 -> the extra last entry -> n
+
     def _pooled_logp(self, batch, student_logits, temperature):
         """``(n_aligned, student_vocab)``: student log-probs pooled over each aligned teacher position."""
         if self.pooling in ("sum", "mean"):
-            t_index = batch["t_index"]
-            n = len(t_index)
-            position_row = torch.full((batch["teacher_input_ids"].numel() + 1,), n, dtype=torch.long,
-                                      device=t_index.device)  # flat teacher position -> aligned row (n: none)
-            position_row[t_index] = torch.arange(n, device=t_index.device)
-            rows = position_row[batch["reduce_owner"].reshape(-1)]  # owner -1 -> the extra last entry -> n
+            rows, n = self._piece_rows(batch)
             self.linear_map.choose_kernels(student_logits.device, self.chunk_rows)
             native = self.linear_map.native
             kernels = ({"lse": native.row_logsumexp, "pooled_grad": native.pooled_grad} if native is not None
@@ -786,6 +820,14 @@ class ReduceAlignment(Alignment):
         return kl_log_probs(s_logp, t_logp, temperature, reduction="sum")
 
     def kl(self, batch, student_logits, teacher_logits, temperature):
+        if self.pooling in ("sum", "mean") and len(batch["t_index"]):
+            self.linear_map.choose_kernels(student_logits.device, self.chunk_rows)
+            if self.linear_map.native is not None:  # piece logits -> KL in native kernels, one autograd node
+                rows, n = self._piece_rows(batch)
+                total = _NativeReduceKL.apply(student_logits.reshape(-1, student_logits.shape[-1]), rows, n,
+                                              self.linear_map, as_teacher_scores(teacher_logits, batch["t_index"]),
+                                              temperature, self.projection_rows)
+                return total * temperature**2 / n
         pooled = self._pooled_logp(batch, student_logits, temperature)  # (n, student_vocab)
         n = pooled.shape[0]
         if n == 0:

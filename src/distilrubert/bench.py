@@ -279,7 +279,7 @@ def build_preset(name: str, tokenizer, workdir: Path, seed: int) -> Path:
     # tensors, which a trained model never has. ONNX Runtime's optimizer merges identical initializers and the
     # int8 quantiser then dequantises the shared one at run time, a cost no trained model pays. Jitter them.
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.ndim == 1:  # LayerNorm weights and biases, linear biases
                 param.add_(torch.randn_like(param) * 0.02)
     out = workdir / name

@@ -432,7 +432,120 @@ torch::Tensor pooled_grad(torch::Tensor x, torch::Tensor lse, torch::Tensor g, t
   return out;
 }
 
+// The student's side of the fused native KL (distilrubert.align._NativeReduceKL), forward: for (P, v) piece logits
+// x and rows (P,) int64 (the aligned position of each piece, n = none), writes out[r] = the pooling (sum, or mean
+// when `mean`) over the pieces of r of log_softmax(x_i * inv_t), for r < n (n = out.size(0)); rows without pieces
+// get zeros. Returns (lse (P,) float32 of x * inv_t, counts (n,) float32 pieces per row).
+std::vector<torch::Tensor> pooled_forward(torch::Tensor x, torch::Tensor rows, double inv_t, bool mean,
+                                          torch::Tensor out) {
+  check_rows(x, "pooled_forward: logits");
+  check_rows(out, "pooled_forward: out");
+  TORCH_CHECK(rows.dim() == 1 && rows.size(0) == x.size(0) && rows.scalar_type() == torch::kLong && rows.is_contiguous(),
+              "pooled_forward: rows must be (pieces,) int64");
+  TORCH_CHECK(out.size(1) == x.size(1), "pooled_forward: out and logits widths differ");
+  const int64_t pieces = x.size(0), v = x.size(1), n = out.size(0);
+  auto lse = row_logsumexp(x, inv_t);
+  auto counts = torch::zeros({n}, x.options());
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  std::vector<int64_t> start(n + 1, 0), order(pieces);
+  for (int64_t i = 0; i < pieces; ++i) {  // counting sort of the pieces by row
+    TORCH_CHECK(rp[i] >= 0 && rp[i] <= n, "pooled_forward: row index out of range");
+    if (rp[i] < n) ++start[rp[i] + 1];
+  }
+  for (int64_t r = 0; r < n; ++r) start[r + 1] += start[r];
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < pieces; ++i)
+      if (rp[i] < n) order[fill[rp[i]]++] = i;
+  }
+  const float* xp = x.data_ptr<float>();
+  const float* lp = lse.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  float* cp = counts.data_ptr<float>();
+  const float scale = static_cast<float>(inv_t);
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* o = op + r * v;
+      const int64_t count = start[r + 1] - start[r];
+      cp[r] = static_cast<float>(count);
+      float shift = 0.0f;
+      for (int64_t k = start[r]; k < start[r + 1]; ++k) shift += lp[order[k]];
+      const float weight = mean && count ? 1.0f / static_cast<float>(count) : 1.0f;
+      for (int64_t j = 0; j < v; ++j) o[j] = -shift;
+      for (int64_t k = start[r]; k < start[r + 1]; ++k) {
+        const float* xi = xp + order[k] * v;
+        for (int64_t j = 0; j < v; ++j) o[j] += xi[j] * scale;
+      }
+      if (weight != 1.0f)
+        for (int64_t j = 0; j < v; ++j) o[j] *= weight;
+    }
+  });
+  return {lse, counts};
+}
+
+// Backward of pooled_forward: for the gradient g (n, v) of its output, the gradient of the piece logits (P, v):
+// (g[r] - softmax_i * sum_j g[r, j]) * w_r * inv_t for a piece i of row r (w_r = 1 / count for mean, else 1),
+// 0 for pieces of no row (r = n).
+torch::Tensor pooled_backward(torch::Tensor x, torch::Tensor lse, torch::Tensor rows, torch::Tensor counts,
+                              torch::Tensor g, double inv_t, bool mean) {
+  check_rows(x, "pooled_backward: logits");
+  check_rows(g, "pooled_backward: grad");
+  TORCH_CHECK(g.size(1) == x.size(1) && lse.size(0) == x.size(0) && rows.size(0) == x.size(0) &&
+                  counts.size(0) == g.size(0) && lse.is_contiguous() && counts.is_contiguous() && rows.is_contiguous() &&
+                  lse.scalar_type() == torch::kFloat && counts.scalar_type() == torch::kFloat &&
+                  rows.scalar_type() == torch::kLong,
+              "pooled_backward: shapes or dtypes do not match");
+  const int64_t pieces = x.size(0), v = x.size(1), n = g.size(0), full = v / kLanes * kLanes;
+  auto out = torch::empty_like(x);
+  std::vector<float> g_sum(n);
+  const float *xp = x.data_ptr<float>(), *lp = lse.data_ptr<float>(), *gp = g.data_ptr<float>(),
+              *cp = counts.data_ptr<float>();
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  const float scale = static_cast<float>(inv_t);
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      vfloat acc = splat(0.0f);
+      const float* gr = gp + r * v;
+      for (int64_t j = 0; j < full; j += kLanes) {
+        vfloat gv;
+        std::memcpy(&gv, gr + j, sizeof(gv));
+        acc += gv;
+      }
+      float total = hsum(acc);
+      for (int64_t j = full; j < v; ++j) total += gr[j];
+      g_sum[r] = total;
+    }
+  });
+  at::parallel_for(0, pieces, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = rp[i];
+      TORCH_CHECK(r >= 0 && r <= n, "pooled_backward: row index out of range");
+      float* oi = op + i * v;
+      if (r == n) {
+        std::memset(oi, 0, sizeof(float) * v);
+        continue;
+      }
+      const float* xi = xp + i * v;
+      const float* gi = gp + r * v;
+      const float w = (mean && cp[r] > 0 ? 1.0f / cp[r] : 1.0f) * scale;
+      const float shift = lp[i], mass = g_sum[r];
+      for (int64_t j = 0; j < full; j += kLanes) {
+        vfloat xv, gv;
+        std::memcpy(&xv, xi + j, sizeof(xv));
+        std::memcpy(&gv, gi + j, sizeof(gv));
+        const vfloat o = (gv - vexp(xv * splat(scale) - splat(shift)) * splat(mass)) * splat(w);
+        std::memcpy(oi + j, &o, sizeof(o));
+      }
+      for (int64_t j = full; j < v; ++j) oi[j] = (gi[j] - std::exp(xi[j] * scale - shift) * mass) * w;
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("pooled_forward", &pooled_forward, "the pooled log-softmax of the piece logits per aligned position");
+  m.def("pooled_backward", &pooled_backward, "its gradient with respect to the piece logits");
   m.def("reduce_kl", &reduce_kl, "the reduce alignment's KL over a block of positions, with its gradient");
   m.def("row_logsumexp", &row_logsumexp, "logsumexp of each row of x * inv_t");
   m.def("pooled_grad", &pooled_grad, "gradient of the pooled log-softmax");
