@@ -77,6 +77,22 @@ def test_distill_learns_with_each_alignment(tmp_path, models, tiny_corpus, align
     assert main(_args(models, tiny_corpus, out, tmp_path / "cache", "--max-steps", "2")) == 1
 
 
+def test_native_reduce_kernel_trains_like_the_torch_kernels(tmp_path, models, tiny_corpus):
+    finals = {}
+    for kernel in ("native", "off"):
+        out = tmp_path / kernel
+        assert main(_args(models, tiny_corpus, out, tmp_path / "cache", "--alignment", "reduce", "--max-steps", "12",
+                          "--eval-every", "6", "--save-every", "0", "--fused-kl", kernel)) == 0
+        report = json.loads((out / "train_report.json").read_text(encoding="utf-8"))
+        assert report["kl_kernel"] == ("native" if kernel == "native" else "eager")
+        _, valid = _metrics(out)
+        assert valid[-1]["valid_kl"] < valid[0]["valid_kl"]
+        finals[kernel] = valid[-1]
+    # Same seed, same data: the two kernels differ only by float rounding.
+    assert finals["native"]["valid_kl"] == pytest.approx(finals["off"]["valid_kl"], rel=1e-3)
+    assert finals["native"]["valid_loss"] == pytest.approx(finals["off"]["valid_loss"], rel=1e-3)
+
+
 @pytest.mark.parametrize("alignment", ["match", "reduce"])
 def test_masked_words_variant_learns(tmp_path, models, tiny_corpus, alignment):
     # --kl-positions masked-words: the teacher reads the same words masked, the KL only there.

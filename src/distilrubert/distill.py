@@ -61,9 +61,10 @@ class DistillConfig(TrainOptions):
         "aligned", "Where the KL is taken: every aligned position with the teacher reading unmasked text (the "
         "released code), or masked-words: the same words masked in both tokenisations (the teacher reads them "
         "masked too) and the KL only at those words (the DistilBERT recipe; whole-word masking).")
-    fused_kl: Literal["auto", "on", "off"] = option(
-        "auto", "reduce (sum/mean): the KL's per-block kernels compiled with torch.compile (on), eager (off), or "
-        "compiled on CPU for teacher vocabularies >= 32K (auto). Same result; compiled is ~2x faster there.")
+    fused_kl: Literal["auto", "native", "compile", "off", "on"] = option(
+        "auto", "reduce (sum/mean) KL kernels: native (C++, built with the system compiler at first use), compile "
+        "(torch.compile), off (eager torch), or auto: native on CPU for teacher vocabularies >= 32K, falling back "
+        "to compile, then eager, when a build fails. Same result; native is the fastest. 'on' = compile.")
     temperature: float = option(2.0, "Softmax temperature T of the KL (the loss is multiplied by T^2).")
     alpha_kl: float = option(2.0, "Weight of the KL distillation loss.")
     alpha_mlm: float = option(0.5, "Weight of the student's MLM loss.")
@@ -299,6 +300,9 @@ class DistillTask:
         copy_tokenizer_files(self.config.student, directory)
         if self.cache is not None:
             summary["teacher_cache"] = {"hits": self.cache.hits, "misses": self.cache.misses, "k": self.cache.k}
+        linear_map = getattr(self.alignment, "linear_map", None)
+        if linear_map is not None and self.alignment.pooling in ("sum", "mean"):
+            summary["kl_kernel"] = linear_map.kernel_name  # what --fused-kl resolved to
         info = {**self.extra_info, **summary}
         write_json(directory / "train_report.json", info)
         (directory / "README.md").write_text(model_card(self.config, student, info), encoding="utf-8")
