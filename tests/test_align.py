@@ -256,6 +256,25 @@ def test_native_pooled_log_softmax_kernels_match_torch():
         native.pooled_grad(x, lse, grad, grad.sum(-1), rows + 11, 0.5)
 
 
+def test_native_reduce_kl_refuses_a_second_backward(token_map):
+    from distilrubert.align import _NativeReduceKL
+    from distilrubert.teacher_head import TeacherScores
+
+    align = ReduceAlignment(token_map, student_pad_id=0, fused="native")
+    align.linear_map.choose_kernels(torch.device("cpu"), align.chunk_rows)
+    logits = torch.randn(3, len(STUDENT), requires_grad=True)
+    teacher = TeacherScores.from_logits(torch.randn(1, 3, len(TEACHER)), torch.arange(3))
+    loss = _NativeReduceKL.apply(logits, torch.arange(3), 3, align.linear_map, teacher, 2.0, align.projection_rows)
+    (2 * loss).backward(retain_graph=True)
+    first = logits.grad.clone()
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()
+    logits.grad = None
+    again = _NativeReduceKL.apply(logits, torch.arange(3), 3, align.linear_map, teacher, 2.0, align.projection_rows)
+    again.backward()
+    assert torch.allclose(first, 2 * logits.grad)  # the upstream gradient scales the kept one
+
+
 def test_native_kernel_build_failure_falls_back_with_a_warning(token_map, monkeypatch):
     import distilrubert.native as native
 

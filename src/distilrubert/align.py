@@ -514,15 +514,20 @@ class _NativeReduceKL(torch.autograd.Function):
             t_logits = linear_map.native_logits(teacher, start, stop, math.log2(math.e) / temperature)
             loss += native.reduce_kl(t_logits, pooled[start:stop], linear_map.native_pieces,
                                      linear_map.native_segments, mean, grad_pooled[start:stop]).sum()
-        grad_x = native.pooled_backward(x, lse, rows, counts, grad_pooled, 1.0 / temperature, mean)
-        ctx.save_for_backward(grad_x)
+        # Kept as a plain attribute and scaled in place by backward (no second (pieces, sv) tensor), so one backward
+        # pass only: a second one (retain_graph) is refused.
+        ctx.grad_x = native.pooled_backward(x, lse, rows, counts, grad_pooled, 1.0 / temperature, mean)
         ctx.logits_dtype = logits.dtype
         return loss.to(torch.float32)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (grad_x,) = ctx.saved_tensors
-        return (grad_x * grad_output).to(ctx.logits_dtype), None, None, None, None, None, None
+        grad_x = getattr(ctx, "grad_x", None)
+        if grad_x is None:
+            raise RuntimeError("the native reduce KL supports one backward pass per forward (no retain_graph); "
+                               "use --fused-kl compile for that")
+        del ctx.grad_x
+        return grad_x.mul_(grad_output).to(ctx.logits_dtype), None, None, None, None, None, None
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
