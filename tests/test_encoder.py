@@ -102,6 +102,35 @@ def test_no_skip_layer_normalization_in_export_or_session(_tiny_onnx, tmp_path):
     assert "SkipLayerNormalization" in _session_op_types(_tiny_onnx["fp32"], tmp_path, [])
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_unmasked_session_for_unpadded_batches_gives_the_same_vectors(tiny_student_dir, _tiny_onnx, tmp_path,
+                                                                      precision):
+    import onnx
+
+    from distilrubert.encoder import unmasked_graph
+    from distilrubert.export import export_graph, load_model
+
+    enc = Encoder.from_pretrained(_tiny_onnx["fp32"].parent, backend="onnx", quantized=precision == "int8")
+    assert enc.runner.unmasked is not None  # the fused graph: the mask only reaches the attention ops
+    ids, mask = enc._pad(enc.tokenize([SENTENCES[1]]))
+    fast = enc.runner(ids, mask)  # no padding: the unmasked session
+    runner, enc.runner.unmasked = enc.runner.unmasked, None
+    np.testing.assert_allclose(fast, enc.runner(ids, mask), atol=1e-6)
+    enc.runner.unmasked = runner
+    # With padding the masked session runs, so padded batches match one text at a time.
+    ref = Encoder.from_pretrained(tiny_student_dir, backend="torch").encode(TEXTS, pooling="mean")
+    got = enc.encode(TEXTS, pooling="mean")
+    if precision == "fp32":
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    else:  # int8: activations are quantised per call, so compare directions
+        cosine = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cosine.min() > 0.99
+    # An unfused graph uses the mask elsewhere (an additive bias): no unmasked variant.
+    raw = tmp_path / "raw.onnx"
+    export_graph(load_model(tiny_student_dir, "encoder", False), raw, "encoder", 17)
+    assert unmasked_graph(onnx.load(str(raw))) is None
+
+
 def test_onnx_encoder_equals_torch_encoder(tiny_student_dir, _tiny_onnx):
     onnx_dir = _tiny_onnx["fp32"].parent
     fast = Encoder.from_pretrained(onnx_dir, backend="auto", threads=1)
