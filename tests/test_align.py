@@ -235,25 +235,31 @@ def test_native_reduce_kl_matches_dense_on_many_positions(pooling):
     assert torch.allclose(grad_fused, grad_dense, atol=1e-6)
 
 
-def test_native_pooled_log_softmax_kernels_match_torch():
-    from distilrubert.align import _pooled_grad_kernel, _row_logsumexp_kernel
+@pytest.mark.parametrize("mean", [False, True])
+def test_native_pooled_log_softmax_kernels_match_torch(mean):
     from distilrubert.native import reduce_kl_kernel
 
     native = reduce_kl_kernel()
     assert native is not None  # the build works wherever the tests run (CI included)
     generator = torch.Generator().manual_seed(7)
-    x = torch.randn(50, 37, generator=generator) * 5  # 37 columns: two 16-wide vectors and a scalar tail
-    x[3, :] = float("-inf")  # a row of -inf (logsumexp -inf, as torch)
-    lse = native.row_logsumexp(x, 0.5)
-    assert torch.allclose(lse, _row_logsumexp_kernel(x, 0.5), atol=1e-5, equal_nan=True)
-    x[3, :] = 0.0
-    lse = native.row_logsumexp(x, 0.5)
-    grad = torch.randn(11, 37, generator=generator)
-    rows = torch.randint(0, 11, (50,), generator=generator)
-    got = native.pooled_grad(x, lse, grad, grad.sum(-1), rows, 0.5)
-    assert torch.allclose(got, _pooled_grad_kernel(x, lse, grad, grad.sum(-1), rows, 0.5), atol=1e-6)
+    # 37 columns: two 16-wide vectors and a scalar tail; 11 rows, row 4 without pieces, pieces of row 11 = none
+    x = (torch.randn(50, 37, generator=generator) * 5).requires_grad_()
+    rows = torch.randint(0, 12, (50,), generator=generator)
+    rows[rows == 4] = 11
+    out = torch.empty(11, 37)
+    lse, counts = native.pooled_forward(x.detach(), rows, 0.5, mean, out)
+    assert torch.allclose(lse, torch.logsumexp(x.detach() * 0.5, -1), atol=1e-5)
+    expected = pool_rows(torch.log_softmax(x * 0.5, -1), torch.where(rows == 11, -1, rows), 11,
+                         "mean" if mean else "sum")
+    assert torch.allclose(out, expected.detach(), atol=1e-5)
+    assert counts[4] == 0 and out[4].abs().sum() == 0
+    upstream = torch.randn(11, 37, generator=generator)
+    (grad_expected,) = torch.autograd.grad((expected * upstream).sum(), x)
+    got = native.pooled_backward(x.detach(), lse, rows, counts, upstream, 0.5, mean)
+    assert torch.allclose(got, grad_expected, atol=1e-5)
+    assert got[rows == 11].abs().sum() == 0  # pieces of no aligned position get no gradient
     with pytest.raises(RuntimeError, match="out of range"):
-        native.pooled_grad(x, lse, grad, grad.sum(-1), rows + 11, 0.5)
+        native.pooled_forward(x.detach(), rows + 1, 0.5, mean, out)
 
 
 def test_native_reduce_kl_refuses_a_second_backward(token_map):

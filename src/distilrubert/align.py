@@ -233,6 +233,26 @@ class _PooledLogSoftmax(torch.autograd.Function):
         return grad_x.to(ctx.logits_dtype), None, None, None, None, None
 
 
+class _NativePooledLogSoftmax(torch.autograd.Function):
+    """:class:`_PooledLogSoftmax` in the native kernels (``pooled_forward`` / ``pooled_backward``)."""
+
+    @staticmethod
+    def forward(ctx, logits, rows, n, temperature, mean, native):
+        x = logits.float().contiguous()  # (pieces, sv)
+        out = x.new_empty(n, x.shape[1])
+        lse, counts = native.pooled_forward(x, rows, 1.0 / temperature, mean, out)
+        ctx.save_for_backward(x, lse, rows, counts)
+        ctx.temperature, ctx.mean, ctx.native, ctx.logits_dtype = temperature, mean, native, logits.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, lse, rows, counts = ctx.saved_tensors
+        grad_x = ctx.native.pooled_backward(x, lse, rows, counts, grad_output.float().contiguous(),
+                                            1.0 / ctx.temperature, ctx.mean)
+        return grad_x.to(ctx.logits_dtype), None, None, None, None, None
+
+
 class _LinearMap:
     """The linear (``sum`` / ``mean``) reduce map between student pieces and teacher tokens, and its two sides.
 
@@ -796,11 +816,12 @@ class ReduceAlignment(Alignment):
         if self.pooling in ("sum", "mean"):
             rows, n = self._piece_rows(batch)
             self.linear_map.choose_kernels(student_logits.device, self.chunk_rows)
-            native = self.linear_map.native
-            kernels = ({"lse": native.row_logsumexp, "pooled_grad": native.pooled_grad} if native is not None
-                       else self.linear_map.kernels or _EAGER_KERNELS)
-            return _PooledLogSoftmax.apply(student_logits.reshape(-1, student_logits.shape[-1]), rows, n,
-                                           temperature, self.pooling, kernels)
+            flat = student_logits.reshape(-1, student_logits.shape[-1])  # (pieces, sv)
+            if self.linear_map.native is not None:
+                return _NativePooledLogSoftmax.apply(flat, rows, n, temperature, self.pooling == "mean",
+                                                     self.linear_map.native)
+            return _PooledLogSoftmax.apply(flat, rows, n, temperature, self.pooling,
+                                           self.linear_map.kernels or _EAGER_KERNELS)
         logp = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (batch, len, student_vocab)
         n_teacher_rows = batch["teacher_input_ids"].numel()
         pooled = pool_rows(logp.reshape(-1, logp.shape[-1]), batch["reduce_owner"].reshape(-1), n_teacher_rows,

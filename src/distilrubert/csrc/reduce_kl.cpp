@@ -390,8 +390,7 @@ void check_rows(const torch::Tensor& x, const char* what) {
 
 }  // namespace
 
-// The student's pooled log-softmax (distilrubert.align._PooledLogSoftmax): lse[i] = logsumexp_j(x[i, j] * inv_t)
-// of (n, v) logits, (n,) float32.
+// lse[i] = logsumexp_j(x[i, j] * inv_t) of (n, v) logits, (n,) float32.
 torch::Tensor row_logsumexp(torch::Tensor x, double inv_t) {
   check_rows(x, "row_logsumexp: logits");
   const int64_t n = x.size(0), v = x.size(1), full = v / kLanes * kLanes;
@@ -425,46 +424,6 @@ torch::Tensor row_logsumexp(torch::Tensor x, double inv_t) {
       float total = hsum(acc);
       for (int64_t j = full; j < v; ++j) total += std::exp(row[j] * scale - top);
       op[i] = std::log(total) + top;
-    }
-  });
-  return out;
-}
-
-// Its gradient: out[i, j] = (g[rows[i], j] - exp(x[i, j] * inv_t - lse[i]) * g_sum[rows[i]]) * inv_t, for (n, v)
-// logits x, (m, v) incoming gradient g, (m,) row sums g_sum and (n,) int64 rows in [0, m).
-torch::Tensor pooled_grad(torch::Tensor x, torch::Tensor lse, torch::Tensor g, torch::Tensor g_sum, torch::Tensor rows,
-                          double inv_t) {
-  check_rows(x, "pooled_grad: logits");
-  check_rows(g, "pooled_grad: grad");
-  TORCH_CHECK(g.size(1) == x.size(1) && lse.size(0) == x.size(0) && rows.size(0) == x.size(0) &&
-                  g_sum.size(0) == g.size(0) && lse.is_contiguous() && g_sum.is_contiguous() && rows.is_contiguous() &&
-                  lse.scalar_type() == torch::kFloat && g_sum.scalar_type() == torch::kFloat &&
-                  rows.scalar_type() == torch::kLong,
-              "pooled_grad: shapes or dtypes do not match");
-  const int64_t n = x.size(0), v = x.size(1), m = g.size(0), full = v / kLanes * kLanes;
-  auto out = torch::empty_like(x);
-  const float *xp = x.data_ptr<float>(), *lp = lse.data_ptr<float>(), *gp = g.data_ptr<float>(),
-              *sp = g_sum.data_ptr<float>();
-  const int64_t* rp = rows.data_ptr<int64_t>();
-  float* op = out.data_ptr<float>();
-  const float scale = static_cast<float>(inv_t);
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t r = rp[i];
-      TORCH_CHECK(r >= 0 && r < m, "pooled_grad: row index out of range");
-      const float* xi = xp + i * v;
-      const float* gi = gp + r * v;
-      float* oi = op + i * v;
-      const float shift = lp[i], mass = sp[r];
-      for (int64_t j = 0; j < full; j += kLanes) {
-        vfloat xv, gv;
-        std::memcpy(&xv, xi + j, sizeof(xv));
-        std::memcpy(&gv, gi + j, sizeof(gv));
-        const vfloat e = vexp(xv * splat(scale) - splat(shift));  // lse >= x: e <= 1
-        const vfloat o = (gv - e * splat(mass)) * splat(scale);
-        std::memcpy(oi + j, &o, sizeof(o));
-      }
-      for (int64_t j = full; j < v; ++j) oi[j] = (gi[j] - std::exp(xi[j] * scale - shift) * mass) * scale;
     }
   });
   return out;
@@ -586,5 +545,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pooled_backward", &pooled_backward, "its gradient with respect to the piece logits");
   m.def("reduce_kl", &reduce_kl, "the reduce alignment's KL over a block of positions, with its gradient");
   m.def("row_logsumexp", &row_logsumexp, "logsumexp of each row of x * inv_t");
-  m.def("pooled_grad", &pooled_grad, "gradient of the pooled log-softmax");
 }
