@@ -281,6 +281,21 @@ def test_native_reduce_kl_refuses_a_second_backward(token_map):
     assert torch.allclose(first, 2 * logits.grad)  # the upstream gradient scales the kept one
 
 
+def test_large_work_buffers_are_fresh_huge_page_mappings(token_map):
+    from distilrubert.native import huge_page_buffer
+
+    buffer = huge_page_buffer(3 << 20)
+    assert buffer.dtype == torch.float32 and buffer.numel() == 3 << 20
+    buffer.view(3, 1 << 20).fill_(2.0)
+    assert float(buffer.sum()) == 2.0 * (3 << 20)
+    align = ReduceAlignment(token_map, student_pad_id=0)
+    big = align.linear_map.buffer("teacher", (1 << 10, 1 << 12), torch.device("cpu"))  # 16 MB
+    small = align.linear_map.buffer("pooled", (4, 4), torch.device("cpu"))
+    assert big.shape == (1 << 10, 1 << 12) and small.shape == (4, 4)
+    # Reused, not reallocated, while it is large enough.
+    assert align.linear_map.buffer("teacher", (1 << 10, 1 << 11), torch.device("cpu")).data_ptr() == big.data_ptr()
+
+
 def test_native_kernel_build_failure_falls_back_with_a_warning(token_map, monkeypatch):
     import distilrubert.native as native
 

@@ -339,7 +339,14 @@ class _LinearMap:
         key = (name, device)
         held = self._buffers.get(key)
         if held is None or held.numel() < int(np.prod(shape)):
-            held = self._buffers[key] = torch.empty(int(np.prod(shape)), device=device)
+            numel = int(np.prod(shape))
+            if device.type == "cpu" and numel >= 1 << 21:  # 8 MB and more: transparent huge pages (fewer TLB misses)
+                from distilrubert.native import huge_page_buffer
+
+                held = huge_page_buffer(numel)
+            else:
+                held = torch.empty(numel, device=device)
+            self._buffers[key] = held
         return held[: int(np.prod(shape))].view(shape)
 
     def native_logits(self, teacher, start: int, stop: int, scale: float) -> torch.Tensor:
