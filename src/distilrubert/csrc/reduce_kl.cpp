@@ -179,8 +179,9 @@ struct Group {
   }
 
   // `count` tokens of `N` pieces each (N = 0: `n` pieces, a run-time count) whose logits are rows first, first + 1,
-  // ...; the shifts, limits and partial sums stay in registers.
-  template <int N, bool kMean>
+  // ...; the shifts, limits and partial sums stay in registers. kRaiseStudent: whether a student score can exceed
+  // its shift (not when the shift is the largest pooled score, see group_kl).
+  template <int N, bool kMean, bool kRaiseStudent>
   void segment(int64_t first, const int32_t* pieces, int64_t count, int n) {
     const int np = N ? N : n;
     const vfloat w = splat(kMean ? 1.0f / static_cast<float>(np) : 1.0f);
@@ -205,7 +206,7 @@ struct Group {
             teacher.raise(v, x, t_sum[v], t_dot[v], sv);
             t_limit[v] = teacher.shift[v] + margin;
           }
-          if (__builtin_expect(any_greater(y, s_limit[v]), 0)) {
+          if (kRaiseStudent && __builtin_expect(any_greater(y, s_limit[v]), 0)) {
             student.raise(v, y, s_sum[v], s_dot[v], sv);
             s_limit[v] = student.shift[v] + margin;
           }
@@ -227,16 +228,16 @@ struct Group {
   }
 };
 
-template <bool kMean>
+template <bool kMean, bool kRaiseStudent>
 void run_segment(Group& group, int64_t first, const int32_t* pieces, int64_t count, int n) {
   switch (n) {  // fixed piece counts unroll; tokens of the same count are contiguous, so no mispredictions
-    case 1: return group.segment<1, kMean>(first, pieces, count, n);
-    case 2: return group.segment<2, kMean>(first, pieces, count, n);
-    case 3: return group.segment<3, kMean>(first, pieces, count, n);
-    case 4: return group.segment<4, kMean>(first, pieces, count, n);
-    case 5: return group.segment<5, kMean>(first, pieces, count, n);
-    case 6: return group.segment<6, kMean>(first, pieces, count, n);
-    default: return group.segment<0, kMean>(first, pieces, count, n);
+    case 1: return group.segment<1, kMean, kRaiseStudent>(first, pieces, count, n);
+    case 2: return group.segment<2, kMean, kRaiseStudent>(first, pieces, count, n);
+    case 3: return group.segment<3, kMean, kRaiseStudent>(first, pieces, count, n);
+    case 4: return group.segment<4, kMean, kRaiseStudent>(first, pieces, count, n);
+    case 5: return group.segment<5, kMean, kRaiseStudent>(first, pieces, count, n);
+    case 6: return group.segment<6, kMean, kRaiseStudent>(first, pieces, count, n);
+    default: return group.segment<0, kMean, kRaiseStudent>(first, pieces, count, n);
   }
 }
 
@@ -263,25 +264,43 @@ void group_kl(const float* logits, int64_t stride, const float* pooled, int64_t 
   }
   Group group{logits, stride, lanes, reinterpret_cast<const vfloat*>(z), sv, {}, {}};
   group.teacher.acc = reinterpret_cast<vfloat*>(acc_t), group.student.acc = reinterpret_cast<vfloat*>(acc_s);
-  for (int v = 0; v < kV; ++v) {
-    group.teacher.sum[v] = group.teacher.dot[v] = group.student.sum[v] = group.student.dot[v] = splat(0.0f);
-    group.teacher.shift[v] = group.student.shift[v] = splat(0.0f);
-    if (n_segments > 0) {  // the first token's values: shifts no greater than the maxima
-      const int n = static_cast<int>(segments[0]);
-      group.teacher.shift[v] = group.row(0, v);
-      group.student.shift[v] = mean ? group.score<0, true>(pieces, n, v) : group.score<0, false>(pieces, n, v);
+  // Student shift: the largest pooled score of each position. Every mapped score (a sum or mean of pooled
+  // log-probabilities, all <= 0) is at most that, so the student side never needs a raise; only if a position's
+  // scores all lie far below it (the partition sum then underflows) is the group redone with running shifts.
+  vfloat top[kV];
+  for (int v = 0; v < kV; ++v) top[v] = splat(-INFINITY);
+  for (int64_t s = 0; s < sv; ++s)
+    for (int v = 0; v < kV; ++v) top[v] = vmax(top[v], group.z[s * kV + v]);
+  for (bool raise_student : {false, true}) {
+    for (int v = 0; v < kV; ++v) {
+      group.teacher.sum[v] = group.teacher.dot[v] = group.student.sum[v] = group.student.dot[v] = splat(0.0f);
+      group.teacher.shift[v] = splat(0.0f);
+      group.student.shift[v] = raise_student ? splat(0.0f) : top[v];
+      if (n_segments > 0) {  // the first token's values: shifts no greater than the maxima
+        const int n = static_cast<int>(segments[0]);
+        group.teacher.shift[v] = group.row(0, v);
+        if (raise_student)
+          group.student.shift[v] = mean ? group.score<0, true>(pieces, n, v) : group.score<0, false>(pieces, n, v);
+      }
     }
-  }
-  int64_t first = 0;
-  for (int64_t seg = 0; seg < n_segments; ++seg) {
-    const int n = static_cast<int>(segments[2 * seg]);
-    const int64_t count = segments[2 * seg + 1];
-    if (mean) {
-      run_segment<true>(group, first, pieces, count, n);
-    } else {
-      run_segment<false>(group, first, pieces, count, n);
+    if (raise_student) std::memset(acc_t, 0, sizeof(float) * 2 * sv * kGroup);
+    int64_t first = 0;
+    const int32_t* own = pieces;
+    for (int64_t seg = 0; seg < n_segments; ++seg) {
+      const int n = static_cast<int>(segments[2 * seg]);
+      const int64_t count = segments[2 * seg + 1];
+      if (mean) {
+        raise_student ? run_segment<true, true>(group, first, own, count, n)
+                      : run_segment<true, false>(group, first, own, count, n);
+      } else {
+        raise_student ? run_segment<false, true>(group, first, own, count, n)
+                      : run_segment<false, false>(group, first, own, count, n);
+      }
+      first += count, own += count * n;
     }
-    first += count, pieces += count * n;
+    bool underflow = false;  // a partition sum below 2^-60: most of its terms were flushed to zero
+    for (int g = 0; g < lanes; ++g) underflow |= !(group.student.sum[g / kLanes][g % kLanes] >= 0x1p-60f);
+    if (!underflow) break;
   }
   // The gradient rows and the cross terms p . (M P), a tile of kTile student tokens at a time: vectorised over
   // the lanes (products in float, sums in double), then transposed through `tile` into the (position, sv) rows.
