@@ -163,7 +163,7 @@ def tune_malloc() -> bool:
     page-faulted in again, 4 KB at a time, which costs ~100 ms per 64 MB on a virtual machine. This raises
     the trim threshold to 1 GB and serves every allocation from the heap instead of fresh ``mmap``s (so
     freed large blocks are reused), as jemalloc or tcmalloc would (``scripts/bench_distill.py``, ``reduce``
-    with a 120K teacher and the native kernel: overhead 20.3% -> 16.6%; see docs/distillation.md). Only the
+    with a 120K teacher and the first native kernel: overhead 20.2% -> 16.6%; see docs/distillation.md). Only the
     training commands call it; no effect on other C libraries or when ``DISTILRUBERT_NO_MALLOPT=1``.
     Returns whether it was applied.
     """
