@@ -160,12 +160,11 @@ def tune_malloc() -> bool:
     """Keep freed memory in the process (glibc ``mallopt``) so that large work tensors are reused, not re-faulted.
 
     With glibc's defaults a freed 16-80 MB tensor goes back to the kernel and the next one of that size is
-    page-faulted in again, 4 KB at a time, which costs ~100 ms per 64 MB on a virtual machine. This raises
-    the trim threshold to 1 GB and serves every allocation from the heap instead of fresh ``mmap``s (so
-    freed large blocks are reused), as jemalloc or tcmalloc would (``scripts/bench_distill.py``, ``reduce``
-    with a 120K teacher and the first native kernel: overhead 20.2% -> 16.6%; see docs/distillation.md). Only the
-    training commands call it; no effect on other C libraries or when ``DISTILRUBERT_NO_MALLOPT=1``.
-    Returns whether it was applied.
+    page-faulted in again, 4 KB at a time, which costs ~100 ms per 64 MB on a virtual machine
+    (``scripts/bench_distill.py``, ``reduce`` with a 120K teacher; docs/distillation.md). This raises the trim
+    threshold to 1 GB and fixes the mmap threshold at 32 MB (the largest glibc allows), as jemalloc or
+    tcmalloc would. Only the training commands call it; no effect on other C libraries or when
+    ``DISTILRUBERT_NO_MALLOPT=1``. Returns whether it was applied.
     """
     import ctypes
     import sys
@@ -174,8 +173,8 @@ def tune_malloc() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_max, 0))
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 25))
     except (OSError, AttributeError):  # not glibc
         return False
 

@@ -499,20 +499,21 @@ std::vector<torch::Tensor> pooled_forward(torch::Tensor x, torch::Tensor rows, d
   return {lse, counts};
 }
 
-// Backward of pooled_forward: for the gradient g (n, v) of its output, the gradient of the piece logits (P, v):
-// (g[r] - softmax_i * sum_j g[r, j]) * w_r * inv_t for a piece i of row r (w_r = 1 / count for mean, else 1),
-// 0 for pieces of no row (r = n).
-torch::Tensor pooled_backward(torch::Tensor x, torch::Tensor lse, torch::Tensor rows, torch::Tensor counts,
-                              torch::Tensor g, double inv_t, bool mean) {
+// Backward of pooled_forward: for the gradient g (n, v) of its output, writes the gradient of the piece logits
+// (P, v) into out: (g[r] - softmax_i * sum_j g[r, j]) * w_r * inv_t for a piece i of row r (w_r = 1 / count for
+// mean, else 1), 0 for pieces of no row (r = n).
+void pooled_backward(torch::Tensor x, torch::Tensor lse, torch::Tensor rows, torch::Tensor counts, torch::Tensor g,
+                     double inv_t, bool mean, torch::Tensor out) {
   check_rows(x, "pooled_backward: logits");
   check_rows(g, "pooled_backward: grad");
+  check_rows(out, "pooled_backward: out");
+  TORCH_CHECK(out.sizes() == x.sizes(), "pooled_backward: out must be shaped like the logits");
   TORCH_CHECK(g.size(1) == x.size(1) && lse.size(0) == x.size(0) && rows.size(0) == x.size(0) &&
                   counts.size(0) == g.size(0) && lse.is_contiguous() && counts.is_contiguous() && rows.is_contiguous() &&
                   lse.scalar_type() == torch::kFloat && counts.scalar_type() == torch::kFloat &&
                   rows.scalar_type() == torch::kLong,
               "pooled_backward: shapes or dtypes do not match");
   const int64_t pieces = x.size(0), v = x.size(1), n = g.size(0), full = v / kLanes * kLanes;
-  auto out = torch::empty_like(x);
   std::vector<float> g_sum(n);
   const float *xp = x.data_ptr<float>(), *lp = lse.data_ptr<float>(), *gp = g.data_ptr<float>(),
               *cp = counts.data_ptr<float>();
@@ -556,7 +557,6 @@ torch::Tensor pooled_backward(torch::Tensor x, torch::Tensor lse, torch::Tensor 
       for (int64_t j = full; j < v; ++j) oi[j] = (gi[j] - std::exp(xi[j] * scale - shift) * mass) * w;
     }
   });
-  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
