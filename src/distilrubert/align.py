@@ -30,6 +30,7 @@ logsumexp map a gather from it: no dense one-hot matrix anywhere.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -288,9 +289,6 @@ class _LinearMap:
             raise ValueError(f"--fused-kl: unknown mode {fused!r} ({', '.join(FUSED_MODES[:-1])})")
         self.fused = "compile" if fused == "on" else fused
         self.token_pieces, self.token_offsets = token_pieces, token_offsets
-        order, self.native_pieces, self.native_segments = _segments_by_length(token_pieces.numpy(),
-                                                                               token_offsets.numpy())
-        self.native_order = order.long()  # teacher ids in the native kernel's row order
         self._permuted: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.native: Any = None  # the C++ kernel module (:mod:`distilrubert.native`) when chosen
         self.piece_tokens, self.piece_offsets, self.piece_weights = piece_tokens, piece_offsets, piece_weights
@@ -306,7 +304,7 @@ class _LinearMap:
 
     def to(self, device: torch.device) -> _LinearMap:
         for name in ("token_pieces", "token_offsets", "piece_tokens", "piece_offsets", "piece_weights", "uncovered",
-                     "bias", "native_order", "native_pieces", "native_segments"):
+                     "bias"):
             setattr(self, name, getattr(self, name).to(device))
         self._buffers, self._permuted = {}, {}
         return self
@@ -329,6 +327,14 @@ class _LinearMap:
         if self.native is None and (self.fused in ("native", "compile") or (self.fused == "auto" and large_cpu)):
             self.kernels = fused_kernels()
         self._kernels_for = device.type
+
+    @functools.cached_property
+    def native_map(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The map in the native kernel's order (CPU, made on first use): teacher ids, pieces, segments.
+
+        See :func:`_segments_by_length`.
+        """
+        return _segments_by_length(self.token_pieces.cpu().numpy(), self.token_offsets.cpu().numpy())
 
     @property
     def kernel_name(self) -> str:
@@ -358,16 +364,17 @@ class _LinearMap:
         projection (made once, uncovered rows dropped), otherwise the full logits are gathered. ``w`` is
         ``stop - start`` rounded up to 16 so every row starts on a cache line (the extra columns are not read).
         """
+        order = self.native_map[0]
         c = stop - start
         width = -(-c // 16) * 16
-        out = self.buffer("teacher", (len(self.native_order), width), teacher.device)
+        out = self.buffer("teacher", (len(order), width), teacher.device)
         if teacher.inputs is None:  # full logits were given (a custom head): gather the rows
-            out[:, :c] = teacher.rows_t(start, stop, scale=scale).index_select(0, self.native_order)
+            out[:, :c] = teacher.rows_t(start, stop, scale=scale).index_select(0, order)
             return out
         key = (teacher.weight.data_ptr(), tuple(teacher.weight.shape), teacher.weight.dtype)
         if key not in self._permuted:
-            self._permuted = {key: (teacher.weight.index_select(0, self.native_order),
-                                    None if teacher.bias is None else teacher.bias.index_select(0, self.native_order))}
+            self._permuted = {key: (teacher.weight.index_select(0, order),
+                                    None if teacher.bias is None else teacher.bias.index_select(0, order))}
         weight, bias = self._permuted[key]
         x = teacher.inputs[start:stop]  # (c, d)
         if width != c:
@@ -469,7 +476,7 @@ def _segments_by_length(pieces: np.ndarray, offsets: np.ndarray) -> tuple[torch.
     counts = np.bincount(lengths[order], minlength=width + 1)
     segments = np.array([(n, counts[n]) for n in range(1, width + 1) if counts[n]], dtype=np.int64).reshape(-1, 2)
     flat = np.concatenate([padded[order[lengths[order] == n], :n].ravel() for n, _ in segments] or [np.zeros(0)])
-    return torch.as_tensor(order), torch.as_tensor(flat.astype(np.int32)), torch.as_tensor(segments)
+    return torch.as_tensor(order, dtype=torch.long), torch.as_tensor(flat.astype(np.int32)), torch.as_tensor(segments)
 
 
 class _MappedKL(torch.autograd.Function):
@@ -536,12 +543,13 @@ class _NativeReduceKL(torch.autograd.Function):
         grad_pooled = linear_map.buffer("grad_pooled", shape, x.device)
         lse, counts = native.pooled_forward(x, rows, 1.0 / temperature, mean, pooled)
         loss = torch.zeros((), dtype=torch.float64)
+        _, pieces, segments = linear_map.native_map
         for start in range(0, n, block):
             stop = min(start + block, n)
             # base-2 logits (x log2 e): the kernel's exponentials are exp2
             t_logits = linear_map.native_logits(teacher, start, stop, math.log2(math.e) / temperature)
-            loss += native.reduce_kl(t_logits, pooled[start:stop], linear_map.native_pieces,
-                                     linear_map.native_segments, mean, grad_pooled[start:stop]).sum()
+            loss += native.reduce_kl(t_logits, pooled[start:stop], pieces, segments, mean,
+                                     grad_pooled[start:stop]).sum()
         # Kept as a plain attribute and scaled in place by backward (no second (pieces, sv) tensor), so one backward
         # pass only: a second one (retain_graph) is refused. A fresh tensor every step: it is the gradient autograd
         # passes on. (Fresh huge-page mappings for it were slower: 15.5-18% overhead against 11-14%.)

@@ -4,7 +4,7 @@
 the system C++ compiler, ``-O3``, vector flags chosen by torch's own CPU capability: AVX-512, AVX2 or
 none) once per machine kind; torch caches the build under ``TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``), so later processes load it in a fraction of a second. The first build
-takes about a minute on a 2-core machine.
+takes about 30 s on a 2-core machine.
 
 When the build fails (no compiler, no ninja) a single warning is given and ``None`` returned; callers
 then use the torch kernels (compiled, else eager), which give the same result more slowly.
@@ -55,7 +55,7 @@ def reduce_kl_kernel() -> Any | None:
     try:
         from torch.utils.cpp_extension import load
 
-        logger.info("building/loading the native reduce KL kernel (%s); the first build takes about a minute",
+        logger.info("building/loading the native reduce KL kernel (%s); the first build takes about 30 s",
                     capability)
         _STATE["module"] = load(name=f"distilrubert_reduce_kl_{capability.lower()}", sources=[str(SOURCE)],
                                 extra_cflags=["-O3", "-fno-math-errno", *flags], verbose=False)
