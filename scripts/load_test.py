@@ -1,8 +1,10 @@
 """Load test of ``distilrubert serve``: concurrent clients sending single texts, micro-batching on vs off.
 
-Starts the server twice as a subprocess on a free loopback port (``--batching`` then ``--no-batching``),
-runs ``--clients`` asyncio clients that each POST one sentence at a time to ``/embed`` for ``--seconds``,
-and reports requests/s, errors and latency percentiles for both, plus the throughput ratio.
+Starts the server twice as subprocesses on free loopback ports (``--batching`` and ``--no-batching``), runs
+``--clients`` clients that each POST one sentence at a time to ``/embed``, alternating between the two
+servers in ``--rounds`` windows that add up to ``--seconds`` per mode (so a slow spell of a shared machine
+hits both modes alike), and reports requests/s, errors and latency percentiles for both, plus the
+throughput ratio.
 
     python scripts/load_test.py --model DIR --sentences ../shared/data/encodechka/sentences_sample.txt \
         --output load_test.json
@@ -130,14 +132,27 @@ def load_wrk(port: int, texts: list[str], clients: int, seconds: float) -> dict:
         value, unit = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", out)
+    requests = int(done.group(1))
+    elapsed = float(done.group(2)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors
                                                            else 0)
-    return {"client": "wrk", "requests": requests, "errors": errors, "seconds": seconds,
-            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+    return {"client": "wrk", "requests": requests, "errors": errors, "seconds": elapsed,
+            "requests_per_s": requests / elapsed,
             "p50_ms": ms("50"), "p90_ms": ms("90"), "p99_ms": ms("99"), "wrk_output": out}
+
+
+def combine(rounds: list[dict]) -> dict:
+    """One mode's rounds together: requests/s over all of them, errors summed, latency quantiles as the
+    request-weighted mean of the rounds' (p99: the worst round's)."""
+    requests = sum(r["requests"] for r in rounds)
+    seconds = sum(r["seconds"] for r in rounds)
+    weighted = {q: sum(r[q] * r["requests"] for r in rounds) / max(requests, 1) for q in ("p50_ms", "p90_ms")}
+    return {"requests": requests, "errors": sum(r["errors"] for r in rounds), "seconds": seconds,
+            "requests_per_s": requests / seconds, **weighted, "p99_ms": max(r["p99_ms"] for r in rounds),
+            "rounds_requests_per_s": [r["requests_per_s"] for r in rounds], "rounds": rounds}
 
 
 def model_batch_gain(model: str, texts: list[str], clients: int, server_args: list[str], rounds: int = 30) -> dict:
@@ -175,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                        "with its ONNX fp32 and int8 graphs.")
     parser.add_argument("--sentences", required=True, help="Text file, one sentence a line.")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=20.0, help="Load time per mode (split over --rounds).")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="Alternate the load between the two servers in this many windows per mode.")
     parser.add_argument("--client", choices=["python", "wrk"], default="python",
                         help="Load generator: asyncio httpx clients, or wrk (lighter; must be installed).")
     parser.add_argument("--output", default=None, help="Write the JSON report here.")
@@ -186,28 +203,39 @@ def main(argv: list[str] | None = None) -> int:
     texts = [t.strip() for t in Path(args.sentences).read_text(encoding="utf-8").splitlines() if t.strip()]
     if args.preset:
         args.model = build_preset_model(args.preset, args.sentences)
-    report = {"clients": args.clients, "client": args.client, "seconds": args.seconds,
+    report = {"clients": args.clients, "client": args.client, "seconds": args.seconds, "rounds": args.rounds,
               "server_args": args.server_args,
               "cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": list(os.getloadavg())}
     report["model_batch_gain"] = gain = model_batch_gain(args.model, texts, args.clients, args.server_args)
     print(f"in-process Encoder: {gain['single_ms_per_text']:.2f} ms/text one at a time, "
           f"{gain['batched_ms_per_text']:.2f} ms/text in batches of {args.clients}: {gain['gain']:.2f}x "
           "(the most micro-batching can gain before HTTP costs)")
-    for batching in (True, False):
-        port = free_port()
-        proc = start_server(args.model, port, batching, args.server_args)
-        try:
-            if args.client == "wrk":
-                result = load_wrk(port, texts, args.clients, args.seconds)
-            else:
-                result = asyncio.run(load(port, texts, args.clients, args.seconds))
-            result["server_metrics"] = httpx.get(f"http://127.0.0.1:{port}/metrics?format=json").json()
-        finally:
+    # Both servers run side by side and the load alternates between them in --rounds windows, so a slow
+    # spell of a shared machine hits both modes alike instead of deciding the ratio.
+    ports, procs = {}, {}
+    try:
+        for batching in (True, False):
+            ports[batching] = free_port()
+            procs[batching] = start_server(args.model, ports[batching], batching, args.server_args)
+        rounds: dict[bool, list[dict]] = {True: [], False: []}
+        for r in range(args.rounds):
+            for batching in ((True, False) if r % 2 == 0 else (False, True)):
+                if args.client == "wrk":
+                    result = load_wrk(ports[batching], texts, args.clients, args.seconds / args.rounds)
+                else:
+                    result = asyncio.run(load(ports[batching], texts, args.clients, args.seconds / args.rounds))
+                rounds[batching].append(result)
+        for batching in (True, False):
+            result = combine(rounds[batching])
+            result["server_metrics"] = httpx.get(f"http://127.0.0.1:{ports[batching]}/metrics?format=json").json()
+            report["batching_on" if batching else "batching_off"] = result
+            print(f"batching {'on ' if batching else 'off'}: {result['requests_per_s']:.0f} req/s "
+                  f"(rounds: {', '.join(f'{x:.0f}' for x in result['rounds_requests_per_s'])}), "
+                  f"{result['errors']} errors, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
+    finally:
+        for proc in procs.values():
             proc.terminate()
             proc.wait(timeout=30)
-        report["batching_on" if batching else "batching_off"] = result
-        print(f"batching {'on ' if batching else 'off'}: {result['requests_per_s']:.0f} req/s, "
-              f"{result['errors']} errors, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
     report["throughput_ratio_on_vs_off"] = (report["batching_on"]["requests_per_s"]
                                             / report["batching_off"]["requests_per_s"])
     report["loadavg_end"] = list(os.getloadavg())

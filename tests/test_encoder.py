@@ -65,6 +65,47 @@ def test_batches_are_padded_only_to_their_longest_text(tiny_student_dir):
     assert widths[0] == short and widths[1] > short
 
 
+@pytest.mark.parametrize("model", ["student", "bert"])
+def test_packed_batches_give_the_padded_vectors(tiny_student_dir, _teacher_dir, model):
+    """Mixed-length batches run unpadded, back to back (torch, CPU), with the vectors of padded batches."""
+    model_dir = tiny_student_dir if model == "student" else _teacher_dir
+    enc = Encoder.from_pretrained(model_dir, backend="torch", max_length=128)
+    assert enc.runner.packing
+    calls = []
+    packed = enc.runner.packed
+    enc.runner.packed = lambda ids: (calls.append([len(x) for x in ids]), packed(ids))[1]
+    for pooling in ("cls", "mean"):
+        got = enc.encode(TEXTS, batch_size=8, pooling=pooling)
+        enc.runner.packing = False
+        want = enc.encode(TEXTS, batch_size=8, pooling=pooling)
+        enc.runner.packing = True
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(got, plain_transformers(model_dir, TEXTS, pooling), atol=1e-5)
+    assert len(calls) == 2 and sorted(calls[0]) == sorted(len(x) for x in enc.tokenize(TEXTS))
+    # Equal lengths have no padding to save: the padded path runs.
+    enc.encode(["Да."] * 4, batch_size=8)
+    assert len(calls) == 2
+
+
+def test_packing_is_dropped_when_the_probe_disagrees(tiny_student_dir, monkeypatch):
+    """An attention function that lets texts see each other fails the load-time probe: padded batches only."""
+    import distilrubert.encoder as encoder_module
+
+    def leaky(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None, **kwargs):
+        scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+        return torch.matmul(scores.softmax(dim=-1), value).transpose(1, 2), None
+
+    monkeypatch.setattr(encoder_module, "packed_attention", leaky)
+    try:
+        enc = Encoder.from_pretrained(tiny_student_dir, backend="torch", max_length=128)
+        assert not enc.runner.packing
+        np.testing.assert_allclose(enc.encode(TEXTS, batch_size=8, pooling="mean"),
+                                   plain_transformers(tiny_student_dir, TEXTS, "mean"), atol=1e-5)
+    finally:  # the attention registry is process-wide: put the real function back
+        monkeypatch.undo()
+        encoder_module._register_packed_attention()
+
+
 def test_onnx_export_parity_fp32_and_int8(tiny_student_dir, _tiny_onnx):
     report = parity_check(tiny_student_dir, _tiny_onnx["fp32"], _tiny_onnx["int8"], "encoder", list(SENTENCES))
     assert report["max_abs_diff_fp32_vs_torch"] < 1e-4

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -66,6 +67,14 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling) -> np.ndarray:
     return (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)  # (batch, dim)
 
 
+def pool_packed(hidden: np.ndarray, lengths: Sequence[int], pooling: Pooling) -> np.ndarray:
+    """:func:`pool` for packed token vectors: ``hidden`` is ``(sum of lengths, dim)``, texts back to back."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # (texts,)
+    if pooling == "cls":
+        return hidden[starts]  # (texts, dim)
+    return np.add.reduceat(hidden, starts, axis=0) / np.asarray(lengths, dtype=hidden.dtype)[:, None]  # (texts, dim)
+
+
 # ONNX Runtime's SkipLayerNormalization CPU kernel (residual Add + LayerNormalization in one op) is several
 # times slower than the two ops it replaces at these widths: ``scripts/bench_ort_layernorm.py`` measures
 # both. ``export`` does not make the fusion and every session the package creates disables ORT's own.
@@ -107,6 +116,47 @@ class _TorchRunner:
         self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self.input_names = {"input_ids", "attention_mask"}
         self.threads = threads
+        self.packing = False
+        if not compile and self.device.type == "cpu" and getattr(model.config, "model_type", None) in _PACKABLE:
+            self.packing = self._enable_packing()
+
+    def _enable_packing(self) -> bool:
+        """Switch the model to :func:`packed_attention`, keeping it only if packed outputs match padded ones."""
+        model = self.model
+        before = model.config._attn_implementation
+        try:
+            _register_packed_attention()
+            model.set_attn_implementation(PACKED_ATTENTION)
+            ids = [[2, 5, 9, 14, 3], [2, 7, 3]]  # a probe: two texts of different lengths
+            ids = [[i % model.config.vocab_size for i in seq] for seq in ids]
+            input_ids = np.zeros((2, 5), dtype=np.int64)
+            mask = np.zeros((2, 5), dtype=np.int64)
+            for row, seq in enumerate(ids):
+                input_ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
+            padded = self(input_ids, mask)  # (2, 5, dim)
+            packed = self.packed(ids)  # (8, dim)
+            diff = max(float(np.abs(padded[0] - packed[:5]).max()), float(np.abs(padded[1, :3] - packed[5:]).max()))
+            if diff > 1e-4:
+                raise ValueError(f"packed and padded outputs differ by {diff:.2e}")
+            return True
+        except Exception as err:  # an architecture or transformers version that does not route the kwargs
+            logger.info("packed batches disabled for %s: %s", type(model).__name__, err)
+            model.set_attn_implementation(before)
+            return False
+
+    def packed(self, ids: list[list[int]]) -> np.ndarray:
+        """Token vectors of several texts run back to back as one unpadded sequence: ``(sum of lengths, dim)``."""
+        torch = self.torch
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        lengths = [len(x) for x in ids]
+        flat = torch.tensor([t for seq in ids for t in seq], dtype=torch.long, device=self.device)[None]  # (1, T)
+        positions = torch.cat([torch.arange(n) for n in lengths])[None].to(self.device)  # (1, T)
+        bounds = torch.tensor(np.cumsum([0, *lengths]), dtype=torch.int32)  # (texts + 1,)
+        with torch.inference_mode():
+            out = self.forward(input_ids=flat, position_ids=positions, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds,
+                               max_length_q=max(lengths), max_length_k=max(lengths))
+            return out.last_hidden_state[0].float().cpu().numpy()  # (T, dim)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         torch = self.torch
@@ -120,6 +170,52 @@ class _TorchRunner:
             out = self.forward(input_ids=torch.from_numpy(input_ids).to(self.device),
                                attention_mask=torch.from_numpy(attention_mask).to(self.device))
             return out.last_hidden_state.float().cpu().numpy()  # (batch, seq, dim)
+
+
+# Packed batches (torch backend, CPU): the texts of a batch run back to back as one sequence, without
+# padding. Position ids restart at every text and the attention function below keeps each text to itself,
+# so the outputs are those of the padded batch (the probe in _TorchRunner checks it) while the dense
+# layers, most of the work, see only real tokens. A micro-batch of 8 random sentences is half padding.
+PACKED_ATTENTION = "distilrubert_packed"
+_PACKABLE = ("distilbert", "bert")
+# Pack a batch when padding would add more than this share of tokens (length-sorted batches of a corpus
+# rarely do; a micro-batch of concurrent requests usually does).
+PACK_ABOVE_PADDING = 1.2  # forward takes position_ids and passes attention kwargs through
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,
+                     cu_seq_lens_q=None, **kwargs):
+    """A transformers attention function for packed texts.
+
+    ``query``/``key``/``value`` are ``(1, heads, total, head_dim)`` with the texts back to back and
+    ``cu_seq_lens_q`` their boundaries (``[0, n1, n1 + n2, ...]``, the name transformers' varlen flash
+    attention uses). Without boundaries it is plain SDPA attention. Returns ``(1, total, heads, head_dim)``.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if cu_seq_lens_q is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    bounds = cu_seq_lens_q.tolist()
+    outputs = []
+    for start, end in itertools.pairwise(bounds):
+        # Plain matmul-softmax-matmul: at one short text and a head width of 22 it is faster on the CPU than
+        # the fused SDPA kernel.
+        scores = torch.matmul(query[:, :, start:end], key[:, :, start:end].transpose(-1, -2)).mul_(scaling)
+        outputs.append(torch.matmul(scores.softmax(dim=-1), value[:, :, start:end]))  # (1, heads, n, head_dim)
+    return torch.cat(outputs, dim=2).transpose(1, 2), None  # (1, total, heads, head_dim)
+
+
+def _register_packed_attention() -> None:
+    """Register :func:`packed_attention`, and SDPA's mask format for its padded calls, under one name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
 
 
 # Fused attention ops and the index of their optional mask input.
@@ -331,10 +427,16 @@ class Encoder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="encode", unit="batch")
+        packing = getattr(self.runner, "packing", False)
         for start in starts:
             index = order[start : start + batch_size]
-            input_ids, mask = self._pad([ids[i] for i in index])
-            vectors = pool(self.runner(input_ids, mask), mask, pooling)  # (batch, dim)
+            batch = [ids[i] for i in index]
+            lengths = [len(x) for x in batch]
+            if packing and len(batch) * max(lengths) > PACK_ABOVE_PADDING * sum(lengths):
+                vectors = pool_packed(self.runner.packed(batch), lengths, pooling)  # (batch, dim)
+            else:
+                input_ids, mask = self._pad(batch)
+                vectors = pool(self.runner(input_ids, mask), mask, pooling)  # (batch, dim)
             if out is None:
                 out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
             out[index] = vectors

@@ -301,16 +301,25 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
 
     model_dir = Path(model_dir)
     config = config or ServeConfig(model=str(model_dir))
-    encoder = encoder or Encoder.from_pretrained(model_dir, backend=config.backend, quantized=config.quantized,
-                                                 threads=config.threads, max_length=config.max_length,
-                                                 trust_remote_code=config.trust_remote_code)
-    heads = _heads(model_dir, config.trust_remote_code)
-    pipes = {}
-    for endpoint, task in heads.items():
-        kwargs = {"aggregation_strategy": "simple"} if task == "token-classification" else {}
-        pipes[endpoint] = pipeline(task, model=str(model_dir), tokenizer=str(model_dir), device=-1,
-                                   trust_remote_code=config.trust_remote_code, **kwargs)
+    # Every model call runs in this one thread, and so does loading (which runs forward passes: warm-up, the
+    # packing probe). With torch's OpenMP each thread that runs ops gets its own worker threads; once two
+    # threads have, there are more OpenMP threads than cores on a small CPU and every op pays a wake-up
+    # instead of a spin: the 5K model's forward took 2.3x longer in a side check.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    def load() -> tuple:
+        loaded = encoder or Encoder.from_pretrained(model_dir, backend=config.backend, quantized=config.quantized,
+                                                    threads=config.threads, max_length=config.max_length,
+                                                    trust_remote_code=config.trust_remote_code)
+        pipes = {}
+        for endpoint, task in heads.items():
+            kwargs = {"aggregation_strategy": "simple"} if task == "token-classification" else {}
+            pipes[endpoint] = pipeline(task, model=str(model_dir), tokenizer=str(model_dir), device=-1,
+                                       trust_remote_code=config.trust_remote_code, **kwargs)
+        return loaded, pipes
+
+    heads = _heads(model_dir, config.trust_remote_code)
+    encoder, pipes = executor.submit(load).result()
     metrics = Metrics()
     # The body cap: every text at its limit, 4 bytes a character (UTF-8 worst case) plus JSON overhead.
     max_body = config.max_texts * (config.max_chars * 4 + 16) + 4096
