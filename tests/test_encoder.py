@@ -106,6 +106,31 @@ def test_packing_is_dropped_when_the_probe_disagrees(tiny_student_dir, monkeypat
         encoder_module._register_packed_attention()
 
 
+def test_cpu_batches_split_where_padding_would_dominate():
+    lengths = [10, 3, 30, 3, 10, 3]
+    order = np.argsort(lengths, kind="stable")
+    split = [[lengths[i] for i in b] for b in Encoder._batches(order, lengths, 32, split=True)]
+    assert split == [[3, 3, 3], [10, 10], [30]]
+    assert [len(b) for b in Encoder._batches(order, lengths, 32, split=False)] == [6]
+    assert [len(b) for b in Encoder._batches(np.arange(7), [5] * 7, 3, split=True)] == [3, 3, 1]  # the size cap holds
+    # Every text once, in the given order, sorted or not.
+    unsorted = np.arange(6)
+    assert np.concatenate(Encoder._batches(unsorted, lengths, 4, split=True)).tolist() == list(range(6))
+
+
+def test_onnx_encoder_runs_mixed_lengths_as_similar_length_batches(tiny_student_dir, _tiny_onnx):
+    enc = Encoder.from_pretrained(_tiny_onnx["fp32"].parent, backend="onnx")
+    shapes = []
+    runner = enc.runner
+    enc.runner = lambda ids, mask: (shapes.append(ids.shape), runner(ids, mask))[1]
+    enc.runner.on_cpu = True  # a lambda takes attributes
+    got = enc.encode(TEXTS, batch_size=8, pooling="mean")
+    assert len(shapes) > 1 and sum(s[0] for s in shapes) == len(TEXTS)
+    assert sum(s[0] * s[1] for s in shapes) <= 1.2 * sum(len(x) for x in enc.tokenize(TEXTS)) + max(
+        s[1] for s in shapes)
+    np.testing.assert_allclose(got, plain_transformers(tiny_student_dir, TEXTS, "mean"), atol=1e-4)
+
+
 def test_onnx_export_parity_fp32_and_int8(tiny_student_dir, _tiny_onnx):
     report = parity_check(tiny_student_dir, _tiny_onnx["fp32"], _tiny_onnx["int8"], "encoder", list(SENTENCES))
     assert report["max_abs_diff_fp32_vs_torch"] < 1e-4

@@ -117,6 +117,7 @@ class _TorchRunner:
         self.input_names = {"input_ids", "attention_mask"}
         self.threads = threads
         self.packing = False
+        self.on_cpu = self.device.type == "cpu"
         if not compile and self.device.type == "cpu" and getattr(model.config, "model_type", None) in _PACKABLE:
             self.packing = self._enable_packing()
 
@@ -178,8 +179,9 @@ class _TorchRunner:
 # layers, most of the work, see only real tokens. A micro-batch of 8 random sentences is half padding.
 PACKED_ATTENTION = "distilrubert_packed"
 _PACKABLE = ("distilbert", "bert")
-# Pack a batch when padding would add more than this share of tokens (length-sorted batches of a corpus
-# rarely do; a micro-batch of concurrent requests usually does).
+# A batch whose padding would add more than this share of tokens is packed (torch) or, on a CPU without
+# packing (ONNX Runtime), split into batches of similar lengths. Length-sorted corpus batches rarely are;
+# a micro-batch of concurrent requests usually is.
 PACK_ABOVE_PADDING = 1.2  # forward takes position_ids and passes attention kwargs through
 
 
@@ -272,6 +274,7 @@ class _OnnxRunner:
         self.path = onnx_path
         graph = unmasked_graph(onnx.load(str(onnx_path)))
         self.unmasked = ort_session(graph, threads, providers) if graph is not None else None
+        self.on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -422,14 +425,14 @@ class Encoder:
             return out
         order = np.argsort([len(x) for x in ids], kind="stable") if sort else np.arange(len(ids))
         out: np.ndarray | None = None
-        starts = range(0, len(order), batch_size)
+        packing = getattr(self.runner, "packing", False)
+        split = not packing and getattr(self.runner, "on_cpu", False)
+        batches = self._batches(order, [len(x) for x in ids], batch_size, split=split)
         if show_progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="encode", unit="batch")
-        packing = getattr(self.runner, "packing", False)
-        for start in starts:
-            index = order[start : start + batch_size]
+            batches = tqdm(batches, desc="encode", unit="batch")
+        for index in batches:
             batch = [ids[i] for i in index]
             lengths = [len(x) for x in batch]
             if packing and len(batch) * max(lengths) > PACK_ABOVE_PADDING * sum(lengths):
@@ -443,6 +446,28 @@ class Encoder:
         if normalize:
             out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
         return out
+
+    @staticmethod
+    def _batches(order: np.ndarray, lengths: list[int], batch_size: int, split: bool) -> list[np.ndarray]:
+        """``order`` cut into batches of at most ``batch_size`` texts; with ``split``, also wherever the next
+        text would pad the batch beyond :data:`PACK_ABOVE_PADDING` times its tokens.
+
+        On a CPU a padded token costs as much as a real one and a batch gains little over single texts, so a
+        mixed-length micro-batch (concurrent requests) runs faster as a few batches of similar lengths.
+        Length-sorted corpus batches are rarely split.
+        """
+        if not split:
+            return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        batches, start, longest, tokens = [], 0, 0, 0
+        for end, i in enumerate(order):
+            n = lengths[i]
+            size = end - start
+            if size and (size == batch_size or (size + 1) * max(longest, n) > PACK_ABOVE_PADDING * (tokens + n)):
+                batches.append(order[start:end])
+                start, longest, tokens = end, 0, 0
+            longest, tokens = max(longest, n), tokens + n
+        batches.append(order[start:])
+        return batches
 
     def __repr__(self) -> str:
         return f"Encoder({str(self.model_dir)!r}, backend={self.backend!r}, max_length={self.max_length})"
