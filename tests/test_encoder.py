@@ -179,10 +179,20 @@ def test_unmasked_session_for_unpadded_batches_gives_the_same_vectors(tiny_stude
     enc = Encoder.from_pretrained(_tiny_onnx["fp32"].parent, backend="onnx", quantized=precision == "int8")
     assert enc.runner.unmasked is not None  # the fused graph: the mask only reaches the attention ops
     ids, mask = enc._pad(enc.tokenize([SENTENCES[1]]))
-    fast = enc.runner(ids, mask)  # no padding: the unmasked session
-    runner, enc.runner.unmasked = enc.runner.unmasked, None
-    np.testing.assert_allclose(fast, enc.runner(ids, mask), atol=1e-6)
-    enc.runner.unmasked = runner
+    calls, unmasked = [], enc.runner.unmasked
+
+    class Spy:
+        def run(self, *args):
+            calls.append(1)
+            return unmasked.run(*args)
+
+    enc.runner.unmasked = Spy()
+    fast = enc.runner.run_single(ids, mask)  # one text, no padding: the unmasked session
+    assert calls == [1]
+    np.testing.assert_allclose(fast, enc.runner(ids, mask), atol=1e-6)  # the masked session
+    enc.encode(TEXTS, pooling="mean")  # batches (split by length, some of one text) keep to the masked session
+    enc.encode(TEXTS[0], pooling="mean")
+    assert calls == [1, 1]
     # With padding the masked session runs, so padded batches match one text at a time.
     ref = Encoder.from_pretrained(tiny_student_dir, backend="torch").encode(TEXTS, pooling="mean")
     got = enc.encode(TEXTS, pooling="mean")

@@ -276,15 +276,20 @@ class _OnnxRunner:
         self.unmasked = ort_session(graph, threads, providers) if graph is not None else None
         self.on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, session=None) -> np.ndarray:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
-        # Single texts only: alternating two sessions (two thread pools spinning on the same cores) in a stream of
-        # batches is slower than the masking it saves.
+        return (session or self.session).run(["last_hidden_state"], feed)[0]  # (batch, seq, dim)
+
+    def run_single(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """One text on its own (``Encoder.encode`` of one text): the session without masking when there is one.
+
+        Only there: alternating two sessions (two thread pools spinning on the same cores) within a stream of
+        batches, or between the batches of a length-split micro-batch, is slower than the masking it saves.
+        """
         single = self.unmasked is not None and input_ids.shape[0] == 1 and attention_mask.all()
-        session = self.unmasked if single else self.session
-        return session.run(["last_hidden_state"], feed)[0]  # (batch, seq, dim)
+        return self(input_ids, attention_mask, self.unmasked if single else None)
 
 
 class Encoder:
@@ -419,7 +424,8 @@ class Encoder:
         if len(ids) == 1:  # one text (the latency path): no sorting, padding or scatter
             input_ids = np.array(ids, dtype=np.int64)  # (1, seq)
             mask = np.ones_like(input_ids)
-            out = np.array(pool(self.runner(input_ids, mask), mask, pooling), dtype=np.float32)  # (1, dim), a copy
+            run = getattr(self.runner, "run_single", self.runner)
+            out = np.array(pool(run(input_ids, mask), mask, pooling), dtype=np.float32)  # (1, dim), a copy
             if normalize:
                 out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
             return out
