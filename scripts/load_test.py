@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="Load time per mode (split over --rounds).")
     parser.add_argument("--rounds", type=int, default=4,
                         help="Alternate the load between the two servers in this many windows per mode.")
+    parser.add_argument("--warmup-seconds", type=float, default=3.0, help="Unmeasured load on each server first.")
     parser.add_argument("--client", choices=["python", "wrk"], default="python",
                         help="Load generator: asyncio httpx clients, or wrk (lighter; must be installed).")
     parser.add_argument("--output", default=None, help="Write the JSON report here.")
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset:
         args.model = build_preset_model(args.preset, args.sentences)
     report = {"clients": args.clients, "client": args.client, "seconds": args.seconds, "rounds": args.rounds,
+              "warmup_seconds": args.warmup_seconds,
               "server_args": args.server_args,
               "cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": list(os.getloadavg())}
     report["model_batch_gain"] = gain = model_batch_gain(args.model, texts, args.clients, args.server_args)
@@ -217,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         for batching in (True, False):
             ports[batching] = free_port()
             procs[batching] = start_server(args.model, ports[batching], batching, args.server_args)
+        for batching in (True, False):  # warm-up load, not measured (first batches of new shapes, allocators)
+            if args.warmup_seconds > 0:
+                if args.client == "wrk":
+                    load_wrk(ports[batching], texts, args.clients, args.warmup_seconds)
+                else:
+                    asyncio.run(load(ports[batching], texts, args.clients, args.warmup_seconds))
         rounds: dict[bool, list[dict]] = {True: [], False: []}
         for r in range(args.rounds):
             for batching in ((True, False) if r % 2 == 0 else (False, True)):
