@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import httpx
@@ -118,8 +119,10 @@ def test_serve_cli_builds_the_app_and_binds_loopback(tiny_student, monkeypatch):
         seen.update(app=app, host=host, port=port)
 
     monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
     assert main(["serve", "--model", str(tiny_student), "--port", "0", "--no-batching", "--backend", "torch"]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 0
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # micro-batches are tokenized in the model thread
     with TestClient(seen["app"]) as test_client:
         assert test_client.get("/health").json()["batching"] is False
         assert test_client.post("/embed", json={"texts": ["Привет"]}).status_code == 200

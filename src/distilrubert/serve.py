@@ -31,6 +31,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -473,6 +474,10 @@ def run(config: ServeConfig) -> int:
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server is reachable from other machines; it has no authentication",
                        config.host)
+    # A micro-batch is at most --max-batch-size texts: tokenizing it on the Rust tokenizer's thread pool gains
+    # nothing, and that pool's threads, spinning after each batch, took cores from the forward pass under
+    # load. An explicit setting is kept.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app = create_app(config.model, config)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
     return 0
