@@ -332,22 +332,29 @@ def _corpus_flops(tokenizer, config, texts: list[str], max_length: int) -> float
     return sum(model_flops(config, n) for n in lengths)
 
 
-def eager_baseline(model_dir: Path, sentences: list[str], cfg: BenchConfig) -> tuple[dict, list[str]]:
-    """Plain transformers eager PyTorch as the model card uses it (one text at a time; unsorted batches of 32)."""
+def _eager_model(model_dir: Path, cfg: BenchConfig):
+    """Plain transformers as the model card uses it: the tokenizer, the eager model and its ``embed(texts)``."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).to(device).eval()
+
+    def embed(texts):
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
+        with torch.no_grad():
+            out = model(**{k: v.to(device) for k, v in enc.items()})
+        return out.last_hidden_state[:, 0].cpu().numpy()  # (batch, dim)
+
+    return tokenizer, model, embed
+
+
+def eager_baseline(model_dir: Path, sentences: list[str], cfg: BenchConfig) -> tuple[dict, list[str]]:
+    """Plain transformers eager PyTorch as the model card uses it (one text at a time; unsorted batches of 32)."""
     gc.collect()
     with PeakRSS() as mem:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModel.from_pretrained(model_dir).to(device).eval()
-
-        def embed(texts):
-            enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
-            with torch.no_grad():
-                out = model(**{k: v.to(device) for k, v in enc.items()})
-            return out.last_hidden_state[:, 0].cpu().numpy()  # (batch, dim)
+        tokenizer, model, embed = _eager_model(model_dir, cfg)
 
         def unsorted_batches(texts):
             for start in range(0, len(texts), 32):
@@ -358,6 +365,23 @@ def eager_baseline(model_dir: Path, sentences: list[str], cfg: BenchConfig) -> t
         corpus = corpus_throughput(unsorted_batches, texts, sentences[:32])
         corpus["flops_per_s"] = _corpus_flops(tokenizer, model.config, texts, cfg.max_length) / corpus["seconds"]
     return {"encodechka": one, "corpus": corpus, "peak_rss_mb": mem.peak_mb}, texts
+
+
+def eager_one_text_again(model_dir: Path, sentences: list[str], cfg: BenchConfig) -> dict:
+    """The eager one-text-at-a-time reference timed a second time (after the backends)."""
+    gc.collect()
+    _, _, embed = _eager_model(model_dir, cfg)
+    return per_text(embed, sentences, cfg.budget)
+
+
+def use_faster_eager(baseline: dict, again: dict) -> None:
+    """Keep both eager one-text runs and make the faster one the reference of every "x vs eager".
+
+    The reference is timed alone, so a slow spell of a shared machine during it would inflate every ratio
+    of the model; the faster of a run before and a run after the backends cannot make them look better.
+    """
+    baseline["encodechka_runs"] = [baseline["encodechka"], again]
+    baseline["encodechka"] = min(baseline["encodechka_runs"], key=lambda run: run["ms_per_text"])
 
 
 def bench_backend(model_dir: Path, onnx_dir: Path | None, backend: str, sentences: list[str], texts: list[str],
@@ -494,6 +518,8 @@ def benchmark(cfg: BenchConfig) -> dict:
                     logger.warning("%s / %s failed: %s", name, backend, err)
                     entry["backends"][backend] = {"error": f"{type(err).__name__}: {err}"}
                 steps.update()
+            steps.set_postfix_str(f"{name} eager baseline again")
+            use_faster_eager(entry["baseline"], eager_one_text_again(model_dir, sentences, cfg))
             models.append(entry)
     finally:
         steps.close()
@@ -544,7 +570,8 @@ def markdown(report: dict, command: str) -> str:
         f"repeated (up to {report['settings']['corpus_size']} texts), length-sorted batches of "
         f"{report['settings']['corpus_batch_size']}; `eager` = plain transformers, unsorted padded batches of 32. "
         "% limit = achieved model FLOP/s / measured fp32 GEMM FLOP/s (int8 may exceed 100%). "
-        "Peak RSS +MB = peak resident memory above the process's RSS when the backend started.", "",
+        "Peak RSS +MB = peak resident memory above the process's RSS when the backend started. "
+        "The eager one-text reference is timed before and after the backends; the faster run is used.", "",
         "| model | backend | ms/text (encodechka) | x vs eager | corpus texts/s | x vs eager b32 | % fp32 limit "
         "| peak RSS +MB |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
