@@ -215,24 +215,23 @@ def main(argv: list[str] | None = None) -> int:
     # Both servers run side by side and the load alternates between them in --rounds windows, so a slow
     # spell of a shared machine hits both modes alike instead of deciding the ratio.
     ports, procs = {}, {}
+
+    def drive(batching: bool, seconds: float) -> dict:
+        if args.client == "wrk":
+            return load_wrk(ports[batching], texts, args.clients, seconds)
+        return asyncio.run(load(ports[batching], texts, args.clients, seconds))
+
     try:
         for batching in (True, False):
             ports[batching] = free_port()
             procs[batching] = start_server(args.model, ports[batching], batching, args.server_args)
-        for batching in (True, False):  # warm-up load, not measured (first batches of new shapes, allocators)
-            if args.warmup_seconds > 0:
-                if args.client == "wrk":
-                    load_wrk(ports[batching], texts, args.clients, args.warmup_seconds)
-                else:
-                    asyncio.run(load(ports[batching], texts, args.clients, args.warmup_seconds))
+        if args.warmup_seconds > 0:  # warm-up load, not measured (first batches of new shapes, allocators)
+            for batching in (True, False):
+                drive(batching, args.warmup_seconds)
         rounds: dict[bool, list[dict]] = {True: [], False: []}
         for r in range(args.rounds):
             for batching in ((True, False) if r % 2 == 0 else (False, True)):
-                if args.client == "wrk":
-                    result = load_wrk(ports[batching], texts, args.clients, args.seconds / args.rounds)
-                else:
-                    result = asyncio.run(load(ports[batching], texts, args.clients, args.seconds / args.rounds))
-                rounds[batching].append(result)
+                rounds[batching].append(drive(batching, args.seconds / args.rounds))
         for batching in (True, False):
             result = combine(rounds[batching])
             result["server_metrics"] = httpx.get(f"http://127.0.0.1:{ports[batching]}/metrics?format=json").json()

@@ -4,8 +4,11 @@ What makes it fast compared with the model card's ``AutoModel`` loop:
 
 * texts are tokenized once, sorted by token length and cut into batches, so a batch is padded only to
   its own longest text (never to 512), then the output order is restored;
-* ``backend="onnx"`` runs the graph ONNX Runtime's transformer optimizer fused (Attention,
-  SkipLayerNorm, BiasGelu), optionally dynamically quantised to int8 (``quantized=True``);
+* on the CPU, a batch that would still be mostly padding is packed (torch: texts back to back, see
+  :func:`packed_attention`) or split into batches of similar lengths (ONNX Runtime);
+* ``backend="onnx"`` runs the graph ONNX Runtime's transformer optimizer fused (EmbedLayerNormalization,
+  Attention, BiasGelu; not SkipLayerNormalization), optionally dynamically quantised to int8
+  (``quantized=True``);
 * thread count is explicit (``threads=``), because on a small CPU the default oversubscribes.
 
 Example:
@@ -65,6 +68,17 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling) -> np.ndarray:
         return hidden[:, 0]  # (batch, dim)
     weights = mask[..., None].astype(hidden.dtype)  # (batch, seq, 1)
     return (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)  # (batch, dim)
+
+
+def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids padded to the longest text with ``pad_id``, and the attention mask: ``(batch, seq)`` each."""
+    width = max(len(x) for x in ids)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)  # (batch, seq)
+    mask = np.zeros((len(ids), width), dtype=np.int64)  # (batch, seq)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return input_ids, mask
 
 
 def pool_packed(hidden: np.ndarray, lengths: Sequence[int], pooling: Pooling) -> np.ndarray:
@@ -130,11 +144,7 @@ class _TorchRunner:
             model.set_attn_implementation(PACKED_ATTENTION)
             ids = [[2, 5, 9, 14, 3], [2, 7, 3]]  # a probe: two texts of different lengths
             ids = [[i % model.config.vocab_size for i in seq] for seq in ids]
-            input_ids = np.zeros((2, 5), dtype=np.int64)
-            mask = np.zeros((2, 5), dtype=np.int64)
-            for row, seq in enumerate(ids):
-                input_ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
-            padded = self(input_ids, mask)  # (2, 5, dim)
+            padded = self(*pad_batch(ids, 0))  # (2, 5, dim)
             packed = self.packed(ids)  # (8, dim)
             diff = max(float(np.abs(padded[0] - packed[:5]).max()), float(np.abs(padded[1, :3] - packed[5:]).max()))
             if diff > 1e-4:
@@ -145,11 +155,16 @@ class _TorchRunner:
             model.set_attn_implementation(before)
             return False
 
+    def _set_threads(self) -> None:
+        # The OpenMP thread count is per calling thread: a server's worker thread would otherwise run with the
+        # default (all cores) and oversubscribe.
+        if self.threads and self.torch.get_num_threads() != self.threads:
+            self.torch.set_num_threads(self.threads)
+
     def packed(self, ids: list[list[int]]) -> np.ndarray:
         """Token vectors of several texts run back to back as one unpadded sequence: ``(sum of lengths, dim)``."""
         torch = self.torch
-        if self.threads and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
+        self._set_threads()
         lengths = [len(x) for x in ids]
         flat = torch.tensor([t for seq in ids for t in seq], dtype=torch.long, device=self.device)[None]  # (1, T)
         positions = torch.cat([torch.arange(n) for n in lengths])[None].to(self.device)  # (1, T)
@@ -161,10 +176,7 @@ class _TorchRunner:
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         torch = self.torch
-        if self.threads and torch.get_num_threads() != self.threads:
-            # The OpenMP thread count is per calling thread: a server's worker thread would otherwise run
-            # with the default (all cores) and oversubscribe.
-            torch.set_num_threads(self.threads)
+        self._set_threads()
         # fp16 autocast on CUDA (inference only; outputs are cast back to fp32); a no-op context on CPU.
         autocast = torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
         with torch.inference_mode(), autocast:
@@ -178,11 +190,16 @@ class _TorchRunner:
 # so the outputs are those of the padded batch (the probe in _TorchRunner checks it) while the dense
 # layers, most of the work, see only real tokens. A micro-batch of 8 random sentences is half padding.
 PACKED_ATTENTION = "distilrubert_packed"
-_PACKABLE = ("distilbert", "bert")
+_PACKABLE = ("distilbert", "bert")  # forward takes position_ids and passes attention kwargs through
 # A batch whose padding would add more than this share of tokens is packed (torch) or, on a CPU without
 # packing (ONNX Runtime), split into batches of similar lengths. Length-sorted corpus batches rarely are;
 # a micro-batch of concurrent requests usually is.
-PACK_ABOVE_PADDING = 1.2  # forward takes position_ids and passes attention kwargs through
+PACK_ABOVE_PADDING = 1.2
+
+
+def _padding_too_costly(texts: int, longest: int, tokens: int) -> bool:
+    """True when padding ``texts`` texts of ``tokens`` tokens in all to ``longest`` exceeds PACK_ABOVE_PADDING."""
+    return texts * longest > PACK_ABOVE_PADDING * tokens
 
 
 def packed_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,
@@ -392,13 +409,7 @@ class Encoder:
         return self._fast
 
     def _pad(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        width = max(len(x) for x in ids)
-        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)  # (batch, seq)
-        mask = np.zeros((len(ids), width), dtype=np.int64)  # (batch, seq)
-        for row, seq in enumerate(ids):
-            input_ids[row, : len(seq)] = seq
-            mask[row, : len(seq)] = 1
-        return input_ids, mask
+        return pad_batch(ids, self.pad_id)
 
     def encode(self, texts: str | Sequence[str], batch_size: int = 32, pooling: Pooling = "cls",
                normalize: bool = False, sort: bool = True, show_progress: bool = False) -> np.ndarray:
@@ -441,7 +452,7 @@ class Encoder:
         for index in batches:
             batch = [ids[i] for i in index]
             lengths = [len(x) for x in batch]
-            if packing and len(batch) * max(lengths) > PACK_ABOVE_PADDING * sum(lengths):
+            if packing and _padding_too_costly(len(batch), max(lengths), sum(lengths)):
                 vectors = pool_packed(self.runner.packed(batch), lengths, pooling)  # (batch, dim)
             else:
                 input_ids, mask = self._pad(batch)
@@ -468,7 +479,7 @@ class Encoder:
         for end, i in enumerate(order):
             n = lengths[i]
             size = end - start
-            if size and (size == batch_size or (size + 1) * max(longest, n) > PACK_ABOVE_PADDING * (tokens + n)):
+            if size and (size == batch_size or _padding_too_costly(size + 1, max(longest, n), tokens + n)):
                 batches.append(order[start:end])
                 start, longest, tokens = end, 0, 0
             longest, tokens = max(longest, n), tokens + n

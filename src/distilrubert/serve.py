@@ -12,7 +12,8 @@ greedy worker would alternate half batches; with ``--adaptive-wait`` (default) a
 requests than the previous one waits for the rest, at most as long as the previous forward pass took
 (so latency at most doubles and a lone client never waits: its previous batch held one request).
 ``--max-wait-ms`` adds a fixed wait. With ``--no-batching`` every request runs its own forward pass.
-Model calls run in one worker thread so the event loop keeps accepting requests.
+The model is loaded and called in one worker thread, so the event loop keeps accepting requests and torch
+never runs ops from two threads.
 
 Limits: at most ``--max-texts`` texts per request and ``--max-chars`` characters per text (413 with a
 JSON error body), a request body cap derived from both (413), schema errors 422, malformed JSON 400.
@@ -29,7 +30,6 @@ Example:
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import os
 import time
@@ -237,29 +237,29 @@ class LimitsAndMetrics:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            status = 413
-            body = json.dumps({"error": {"code": "body_too_large",
-                                         "message": f"request body over {self.max_body} bytes"}}).encode()
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-        else:
-            async def send_status(message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
+        status = 500  # unless a response starts (an unhandled error is answered outside this middleware)
 
-            try:
-                await self.app(scope, receive, send_status)
-            finally:
-                self.metrics.observe(scope["path"], status, time.perf_counter() - start)
-            return
-        self.metrics.observe(scope["path"], status, time.perf_counter() - start)
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        too_large = length is not None and (not length.isdigit() or int(length) > self.max_body)
+        app = error_response(413, "body_too_large", f"request body over {self.max_body} bytes") if too_large \
+            else self.app
+        try:
+            await app(scope, receive, send_status)
+        finally:
+            self.metrics.observe(scope["path"], status, time.perf_counter() - start)
+
+
+def error_response(status: int, code: str, message: str, **extra):
+    """The JSON error every endpoint answers with: ``{"error": {"code", "message", ...}}``."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
 def _heads(model_dir: Path, trust_remote_code: bool) -> dict[str, str]:
@@ -295,7 +295,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
     import orjson
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from fastapi.responses import PlainTextResponse, Response
     from pydantic import BaseModel, Field
     from transformers import pipeline
 
@@ -306,7 +306,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
     # Every model call runs in this one thread, and so does loading (which runs forward passes: warm-up, the
     # packing probe). With torch's OpenMP each thread that runs ops gets its own worker threads; once two
     # threads have, there are more OpenMP threads than cores on a small CPU and every op pays a wake-up
-    # instead of a spin: the 5K model's forward took 2.3x longer in a side check.
+    # instead of a spin (`scripts/check_threads.py` measures it).
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     def load() -> tuple:
@@ -370,26 +370,23 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
                 raise ApiError(413, "text_too_long",
                                f"texts[{i}] has {len(text)} characters; the limit is {config.max_chars}")
 
-    def error(status: int, code: str, message: str, **extra) -> JSONResponse:
-        return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
-
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
-        return error(err.status, err.code, err.message)
+        return error_response(err.status, err.code, err.message)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError):
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                    for e in err.errors()]
         if any(d["type"] == "json_invalid" for d in details):
-            return error(400, "malformed_json", "the request body is not valid JSON", details=details)
-        return error(422, "invalid_request", "the request does not match the schema (see /openapi.json)",
-                     details=details)
+            return error_response(400, "malformed_json", "the request body is not valid JSON", details=details)
+        return error_response(422, "invalid_request", "the request does not match the schema (see /openapi.json)",
+                              details=details)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception):
         logger.exception("error while serving %s", request.url.path)
-        return error(500, "internal_error", f"{type(err).__name__}")
+        return error_response(500, "internal_error", f"{type(err).__name__}")
 
     app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body=max_body)
 
