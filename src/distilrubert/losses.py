@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["LAYER_STRATEGIES", "attention_mse", "hidden_loss", "kl_div", "kl_div_topk", "kl_log_probs", "layer_pairs",
-           "mlm_loss", "parse_layer_pairs"]
+           "mlm_loss", "parse_layer_pairs", "relation_loss", "sentence_loss"]
 
 LAYER_STRATEGIES = ("average_all", "skip", "average", "last")
 
@@ -123,6 +123,42 @@ def hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, kind
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(student_hidden, teacher_hidden, dim=-1)).mean()
     raise ValueError(f"--hidden-loss: unknown kind {kind!r} (mse, cosine)")
+
+
+def sentence_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Distance between projected student sentence embeddings and the teacher's, ``(batch, dim)`` each.
+
+    ``cosine``: mean of ``1 - cos``; ``mse``: mean squared error (of the vectors as given).
+
+    >>> a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> round(float(sentence_loss(a, torch.tensor([[2.0, 0.0], [1.0, 0.0]]))), 4)  # cos 1 and 0
+    0.5
+    """
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(student, teacher.to(student.dtype), dim=-1)).mean()
+    if kind == "mse":
+        return F.mse_loss(student, teacher.to(student.dtype))
+    raise ValueError(f"--sentence-loss: unknown kind {kind!r} (expected cosine or mse)")
+
+
+def relation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """In-batch similarity distillation: KL between row-softmaxed cosine-similarity matrices.
+
+    Row ``i`` of each ``(batch, batch)`` matrix holds text ``i``'s cosine similarity to the other texts of
+    the batch (the diagonal is left out), softmaxed at ``temperature``; the loss is
+    ``mean_i KL(p_teacher_i || p_student_i)``. Widths may differ: only each side's own geometry is compared.
+    A batch of one text has no relations: the loss is 0.
+    """
+    n = student.shape[0]
+    if n < 2:
+        return student.new_zeros(())
+    s = F.normalize(student, dim=-1)
+    t = F.normalize(teacher.to(student.dtype), dim=-1)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    s_sim = (s @ s.T)[off_diagonal].view(n, n - 1) / temperature  # (batch, batch - 1)
+    t_sim = (t @ t.T)[off_diagonal].view(n, n - 1) / temperature
+    return F.kl_div(F.log_softmax(s_sim, dim=-1), F.log_softmax(t_sim, dim=-1), log_target=True,
+                    reduction="batchmean")
 
 
 def attention_mse(student_attention: torch.Tensor, teacher_attention: torch.Tensor,

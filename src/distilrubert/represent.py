@@ -1,0 +1,290 @@
+"""Distillation from a representation teacher: sentence, relation and span losses (no teacher logits needed).
+
+Most strong encoders ship without a masked-LM head (e5, LaBSE, bge-m3, USER), so there are no teacher
+logits to take a KL against. ``distill`` detects such a teacher (or ``--alignment span`` with any
+teacher) and trains the student on whole texts (:mod:`distilrubert.textunits`) with
+
+* ``--alpha-sentence``: the student's pooled embedding (``--pooling-student``, mean by default: the
+  pooling users call it with), through a trainable projection to the teacher's width, against the
+  teacher's sentence embedding of the same text computed the way its card says
+  (:mod:`distilrubert.teacher_spec`; e5: mean pooling of ``"passage: " + text``, L2-normalised);
+  ``--sentence-loss cosine`` (1 - cos) or ``mse``;
+* ``--alpha-relation``: KL between the row-softmaxed teacher and student cosine-similarity matrices of
+  the batch at ``--relation-temperature`` (:func:`distilrubert.losses.relation_loss`): the teacher's
+  geometry, not its coordinates;
+* ``--alpha-hidden`` with ``--alignment span``: hidden states mean-pooled over the span groups
+  (:mod:`distilrubert.span`) at the ``--layer-mapping`` pairs, student side through a projection,
+  MSE or cosine (``--hidden-loss``);
+* ``--alpha-mlm``: the student's own masked-LM loss on a masked copy of the text.
+
+The sentence / relation / span terms use the student's *unmasked* pass (what it will see in use); MLM
+its masked pass. With ``--cache-teacher auto`` (the default here) the teacher's outputs are cached
+(:mod:`distilrubert.rep_cache`): once every text has been seen, steps run the student only.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from distilrubert.data import _pad, mask_tokens
+from distilrubert.losses import hidden_loss, mlm_loss, relation_loss, sentence_loss
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RepresentationModule", "RepresentationTask", "TextCollator", "pool_states"]
+
+
+def pool_states(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``(batch, dim)`` sentence vectors of ``(batch, len, dim)`` states: mean / cls / max over real tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, len, 1)
+    if pooling == "max":
+        return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+
+
+def _mean_states(states: Any, which: list[int]) -> torch.Tensor:
+    out = states[which[0]]
+    for k in which[1:]:
+        out = out + states[k]
+    return out / len(which)
+
+
+class TextCollator:
+    """Indices of text units -> a batch: both tokenisations, a masked student copy, span groups.
+
+    Batch keys: ``student_input_ids`` / ``attention_mask`` (unmasked student), ``input_ids`` / ``labels``
+    (masked copy for MLM; ``labels`` all -100 without MLM), ``teacher_input_ids`` /
+    ``teacher_attention_mask``, ``seq_index`` and ``doc_index`` ``(batch,)``; with span groups
+    ``student_group`` / ``teacher_group`` (batch-global group ids, -1 none), ``group_rows`` (each group's row
+    in the group cache) and ``n_groups``.
+    """
+
+    def __init__(self, units: Any, student_tokenizer: Any, token_probs: np.ndarray, seed: int = 0,
+                 mlm_probability: float = 0.15, teacher_pad_id: int = 0, mlm: bool = True) -> None:
+        self.units = units
+        self.seed = seed
+        self.mlm = mlm
+        self.token_probs = token_probs
+        self.mlm_probability = mlm_probability
+        self.pad_id = student_tokenizer.pad_token_id
+        self.mask_id = student_tokenizer.mask_token_id
+        special = set(student_tokenizer.all_special_ids)
+        self.random_ids = np.asarray([i for i in range(len(token_probs)) if i not in special], dtype=np.int64)
+        self.teacher_pad_id = teacher_pad_id
+
+    def __call__(self, indices: np.ndarray, step: int, stream: int = 0) -> dict[str, np.ndarray]:
+        units = self.units
+        indices = np.asarray(indices, dtype=np.int64)
+        s_ids, s_att = _pad([units.student_ids(int(i)) for i in indices], self.pad_id)  # (batch, len)
+        t_ids, t_att = _pad([units.teacher_ids(int(i)) for i in indices], self.teacher_pad_id)
+        batch = {"student_input_ids": s_ids, "attention_mask": s_att, "teacher_input_ids": t_ids,
+                 "teacher_attention_mask": t_att, "seq_index": indices,
+                 "doc_index": np.asarray([units.doc_index(int(i)) for i in indices], dtype=np.int64)}
+        if self.mlm:
+            rng = np.random.default_rng([self.seed, stream, step])
+            batch["input_ids"], batch["labels"] = mask_tokens(s_ids, s_att, self.token_probs, rng, self.mask_id,
+                                                              self.random_ids, self.mlm_probability)
+        if units.has_groups:
+            s_group = np.full(s_ids.shape, -1, dtype=np.int64)
+            t_group = np.full(t_ids.shape, -1, dtype=np.int64)
+            rows, base = [], 0
+            for b, i in enumerate(indices):
+                sg, tg, n = units.groups(int(i))
+                s_group[b, : len(sg)] = np.where(sg >= 0, sg + base, -1)
+                t_group[b, : len(tg)] = np.where(tg >= 0, tg + base, -1)
+                rows.append(units.group_offset(int(i)) + np.arange(n))
+                base += n
+            batch.update(student_group=s_group, teacher_group=t_group,
+                         group_rows=np.concatenate(rows).astype(np.int64), n_groups=np.asarray(base))
+        return batch
+
+
+class RepresentationModule(nn.Module):
+    """The trainable part: the student, the sentence projection and the span projections."""
+
+    def __init__(self, student: nn.Module, config: Any, teacher_dim: int, pairs: list) -> None:
+        super().__init__()
+        self.student = student
+        self.config = config
+        self.pairs = pairs if config.alpha_hidden > 0 else []
+        dim = int(getattr(student.config, "hidden_size", None) or student.config.dim)
+        self.sentence_projection = nn.Linear(dim, teacher_dim)
+        self.projections = nn.ModuleList(nn.Linear(dim, teacher_dim) for _ in self.pairs)
+
+    def forward(self, batch: dict[str, torch.Tensor], teacher_sentence: torch.Tensor,
+                teacher_groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        from distilrubert.span import pool_groups
+
+        cfg = self.config
+        base = self.student.base_model
+        plain = base(input_ids=batch["student_input_ids"], attention_mask=batch["attention_mask"],
+                     output_hidden_states=bool(self.pairs))
+        embedding = pool_states(plain.last_hidden_state, batch["attention_mask"], cfg.student_pooling)
+        losses: dict[str, torch.Tensor] = {}
+        total = embedding.new_zeros(())
+        if cfg.alpha_sentence > 0:
+            losses["sentence"] = sentence_loss(self.sentence_projection(embedding), teacher_sentence, cfg.sentence_loss)
+            total = total + cfg.alpha_sentence * losses["sentence"]
+        if cfg.alpha_relation > 0:
+            losses["relation"] = relation_loss(embedding, teacher_sentence, cfg.relation_temperature)
+            total = total + cfg.alpha_relation * losses["relation"]
+        if self.pairs:
+            n_groups = int(batch["n_groups"])
+            span = embedding.new_zeros(())
+            for k, ((s_which, _), proj) in enumerate(zip(self.pairs, self.projections, strict=True)):
+                s_rows = pool_groups(_mean_states(plain.hidden_states, s_which), batch["student_group"], n_groups)
+                span = span + hidden_loss(proj(s_rows), teacher_groups[:, k].to(s_rows.dtype), cfg.hidden_loss)
+            losses["hidden"] = span / len(self.pairs)
+            total = total + cfg.alpha_hidden * losses["hidden"]
+        if cfg.alpha_mlm > 0:
+            masked = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            losses["mlm"] = mlm_loss(masked.logits, batch["labels"])
+            total = total + cfg.alpha_mlm * losses["mlm"]
+        losses["loss"] = total
+        return losses
+
+
+class RepresentationTask:
+    """What the shared loop needs (module, setup, step losses, validation, saving) for a representation teacher."""
+
+    def __init__(self, config: Any, teacher: Any, student: Any, units: Any, spec: Any, extra_info: dict[str, Any],
+                 card: Any) -> None:
+        from distilrubert.losses import layer_pairs
+
+        self.config = config
+        self.teacher = teacher
+        self.units = units
+        self.spec = spec
+        self.extra_info = extra_info
+        self.card = card
+        t_cfg = teacher.config
+        n_teacher = int(getattr(t_cfg, "num_hidden_layers", None) or t_cfg.n_layers)
+        n_student = int(getattr(student.config, "num_hidden_layers", None) or student.config.n_layers)
+        self.pairs = layer_pairs(config.layer_mapping, n_student, n_teacher) if config.alpha_hidden > 0 else []
+        self.teacher_dim = int(getattr(t_cfg, "hidden_size", None) or t_cfg.dim)
+        self.module = RepresentationModule(student, config, self.teacher_dim, self.pairs)
+        self.sentence_cache = self.group_cache = None
+        self.teacher_steps = 0
+
+    def setup(self, accelerator: Any) -> None:
+        device = accelerator.device
+        self.teacher.to(device)
+        if device.type == "cuda":
+            self.teacher.to(torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16)
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        if self.config.cache_teacher != "none":
+            self._open_caches(accelerator)
+
+    def _open_caches(self, accelerator: Any) -> None:
+        from distilrubert.data import default_cache_root
+        from distilrubert.rep_cache import CachePart, cache_key_digest, teacher_identity
+
+        cfg, units = self.config, self.units
+        root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_root()
+        key = {"kind": "sentence", "teacher": teacher_identity(cfg.teacher, cfg.revision),
+               "corpus": units.report["key"]["corpus"], "text_field": units.report["key"]["text_field"],
+               "teacher_tokenizer": units.report["key"]["teacher"], "prompt": self.spec.prompt,
+               "teacher_max_length": units.report["teacher_max_length"], "pooling": self.spec.pooling,
+               "normalize": self.spec.normalize}
+        main = accelerator.is_main_process
+        directory = root / f"teacher-sentence-{cache_key_digest(key)}"
+        if main:
+            self.sentence_cache = CachePart(directory, key, units.n_documents, (self.teacher_dim,), units.n_documents)
+        accelerator.wait_for_everyone()
+        if not main:
+            self.sentence_cache = CachePart(directory, key, units.n_documents, (self.teacher_dim,),
+                                            units.n_documents, main=False)
+        if self.pairs:
+            gkey = {**key, "kind": "groups", "units": units.report["key"], "pairs": [list(map(list, p)) for p in
+                                                                                  self.pairs]}
+            gdir = root / f"teacher-groups-{cache_key_digest(gkey)}"
+            shape = (len(self.pairs), self.teacher_dim)
+            if main:
+                self.group_cache = CachePart(gdir, gkey, units.total_groups, shape, len(units))
+            accelerator.wait_for_everyone()
+            if not main:
+                self.group_cache = CachePart(gdir, gkey, units.total_groups, shape, len(units), main=False)
+        logger.info("teacher cache: %.1f%% of the sentence embeddings already cached (%s)",
+                    100 * self.sentence_cache.filled_fraction, directory)
+
+    @torch.no_grad()
+    def _teacher_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from distilrubert.span import pool_groups
+
+        self.teacher_steps += 1
+        base = getattr(self.teacher, "base_model", self.teacher)
+        out = base(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                   output_hidden_states=bool(self.pairs))
+        sentence = pool_states(out.last_hidden_state.float(), batch["teacher_attention_mask"], self.spec.pooling)
+        if self.spec.normalize:
+            sentence = torch.nn.functional.normalize(sentence, dim=-1)
+        groups = None
+        if self.pairs:
+            n_groups = int(batch["n_groups"])
+            groups = torch.stack([pool_groups(_mean_states(out.hidden_states, t_which).float(),
+                                              batch["teacher_group"], n_groups) for _, t_which in self.pairs], dim=1)
+        return sentence, groups  # (batch, dim), (groups, pairs, dim)
+
+    def _targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.sentence_cache is None:
+            return self._teacher_outputs(batch)
+        device = batch["teacher_input_ids"].device
+        doc = batch["doc_index"].cpu().numpy()
+        sentence = self.sentence_cache.get(doc, doc)
+        groups = None
+        if self.group_cache is not None:
+            seq, rows = batch["seq_index"].cpu().numpy(), batch["group_rows"].cpu().numpy()
+            groups = self.group_cache.get(seq, rows)
+            if groups is not None:
+                groups = torch.from_numpy(groups).to(device)
+        if sentence is None or (self.group_cache is not None and groups is None):
+            t_sentence, t_groups = self._teacher_outputs(batch)
+            self.sentence_cache.put(doc, doc, t_sentence.cpu().numpy())
+            if self.group_cache is not None:
+                self.group_cache.put(seq, rows, t_groups.cpu().numpy())
+            return t_sentence, t_groups
+        return torch.from_numpy(sentence).to(device), groups
+
+    def step_losses(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        sentence, groups = self._targets(batch)
+        return model(batch, teacher_sentence=sentence, teacher_groups=groups)
+
+    def eval_names(self) -> list[str]:
+        cfg = self.config
+        names = ["loss"]
+        names += [n for n, a in (("sentence", cfg.alpha_sentence), ("relation", cfg.alpha_relation),
+                                 ("hidden", cfg.alpha_hidden if self.pairs else 0), ("mlm", cfg.alpha_mlm)) if a > 0]
+        return names
+
+    def eval_sums(self, module: Any, batch: dict[str, Any]) -> dict[str, tuple[float, float]]:
+        sentence, groups = self._targets(batch)
+        losses = module(batch, teacher_sentence=sentence, teacher_groups=groups)
+        rows = float(batch["student_input_ids"].shape[0])
+        return {name: (float(losses[name]) * rows, rows) for name in self.eval_names()}
+
+    def save_final(self, module: Any, directory: Path, summary: dict[str, Any]) -> None:
+        from distilrubert.runinfo import write_json
+        from distilrubert.vocab import copy_tokenizer_files
+
+        module.student.save_pretrained(directory, safe_serialization=True)
+        copy_tokenizer_files(self.config.student, directory)
+        for cache, name in ((self.sentence_cache, "sentence"), (self.group_cache, "groups")):
+            if cache is not None:
+                cache.close()
+                summary.setdefault("teacher_cache", {})[name] = {
+                    "hits": cache.hits, "misses": cache.misses, "filled": round(cache.filled_fraction, 4),
+                    "directory": str(cache.directory)}
+        summary["teacher_forward_steps"] = self.teacher_steps
+        info = {**self.extra_info, **summary}
+        write_json(directory / "train_report.json", info)
+        (directory / "README.md").write_text(self.card(self.config, module.student, info), encoding="utf-8")
