@@ -10,7 +10,8 @@ How groups are made (:func:`span_groups`, linear after one sort):
 
 * every token's span is trimmed of leading and trailing whitespace, using the text: SentencePiece
   offsets may or may not include the space of a ``▁`` piece, WordPiece offsets never do. Tokens with
-  zero-width offsets (``(0, 0)``: ``<s>``, ``[CLS]``, padding) or only whitespace belong to no group;
+  zero-width offsets (``(0, 0)``: ``<s>``, ``[CLS]``, padding), only whitespace, or exactly the
+  characters of the next token (a lone ``▁`` at the text start) belong to no group;
 * teacher offsets can be shifted back by ``teacher_prefix`` characters (the model card's
   ``"passage: "`` read by the teacher only); tokens inside the prefix belong to no group;
 * only the characters covered by both sides count: tokens reaching before the later first token or
@@ -112,6 +113,11 @@ def _trimmed(offsets: np.ndarray, base: np.ndarray, text_len: np.ndarray, shift:
     end = np.where(spans, end, 0) + base[:, None]
     trimmed_start, trimmed_end = next_solid[start], solid_end[end]  # (B, L) each
     gone = ~spans | (trimmed_start >= trimmed_end)
+    # A token with exactly the characters of the token after it has none of its own: HF maps a lone
+    # SentencePiece "▁" at the start of a text (a space the text does not have) onto the next
+    # character, while after a prefix the same piece covers the prefix's space and is dropped above.
+    gone[:, :-1] |= (trimmed_start[:, :-1] == trimmed_start[:, 1:]) & (trimmed_end[:, :-1] == trimmed_end[:, 1:]) \
+        & ~gone[:, 1:]
     return np.where(gone, 0, trimmed_start), np.where(gone, 0, trimmed_end)
 
 
