@@ -10,11 +10,16 @@ import torch
 from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, pipeline
 
 from distilrubert.student_init import (
+    MLM_HEAD_PREFIXES,
     InitStudentConfig,
     Reducer,
+    checkpoint_has_mlm_head,
     embedding_sources,
+    extract_teacher_weights,
+    has_mlm_head,
     init_student,
     layer_groups,
+    load_teacher,
 )
 from distilrubert.tokenmap import TokenMap
 
@@ -158,3 +163,58 @@ def test_missing_teacher_dir_is_clear(student_vocab_dir, tmp_path):
 def test_bad_shape_rejected():
     with pytest.raises(ValueError, match="--dim 100 must be divisible by --heads 12"):
         InitStudentConfig(teacher="t", vocab="v", output="o", dim=100)
+
+
+# --- teachers with and without a masked-LM head
+
+
+def _headless_copy(teacher_dir, out, architectures=None):
+    """The tiny teacher's encoder saved as a plain ``BertModel`` (an embedding model: no MLM head)."""
+    from transformers import BertModel
+
+    base = BertForMaskedLM.from_pretrained(teacher_dir).bert
+    model = BertModel(base.config)
+    model.load_state_dict(base.state_dict(), strict=False)  # the pooler stays random, as in e5's checkpoint
+    if architectures is not None:
+        model.config.architectures = architectures
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out)
+    return out
+
+
+def test_load_teacher_with_mlm_head(teacher_dir, tiny_student_dir):
+    model, tok = load_teacher(str(teacher_dir))
+    assert type(model).__name__ == "BertForMaskedLM" and has_mlm_head(model)
+    assert not model.training and tok.mask_token == "[MASK]"
+    distil, _ = load_teacher(str(tiny_student_dir))  # DistilBERT heads (vocab_projector) count too
+    assert type(distil).__name__ == "DistilBertForMaskedLM" and has_mlm_head(distil)
+
+
+def test_load_teacher_without_mlm_head_gets_no_random_head(teacher_dir, tmp_path):
+    out = _headless_copy(teacher_dir, tmp_path / "headless")
+    model, tok = load_teacher(str(out))
+    assert tok.unk_token == "[UNK]"
+    assert type(model).__name__ == "BertModel" and not has_mlm_head(model)
+    assert not any(name.startswith(MLM_HEAD_PREFIXES) for name, _ in model.named_parameters())
+    reference = BertForMaskedLM.from_pretrained(teacher_dir).bert.embeddings.word_embeddings.weight
+    assert torch.equal(model.embeddings.word_embeddings.weight, reference)
+    # The weights decide, not a config that claims a head the checkpoint does not have.
+    lying = _headless_copy(teacher_dir, tmp_path / "lying", architectures=["BertForMaskedLM"])
+    assert not has_mlm_head(load_teacher(str(lying))[0])
+    weights = extract_teacher_weights(model)
+    assert weights.head_dense is None and weights.output_bias is None and len(weights.layers) == 2
+
+
+def test_checkpoint_without_readable_weights_falls_back_to_architectures(tmp_path):
+    from transformers import BertConfig
+
+    assert checkpoint_has_mlm_head(str(tmp_path), BertConfig(architectures=["BertForMaskedLM"]))
+    assert checkpoint_has_mlm_head("org/model", BertConfig(architectures=["BertForPreTraining"]))
+    assert not checkpoint_has_mlm_head("org/model", BertConfig(architectures=["BertModel"]))
+    assert not checkpoint_has_mlm_head("org/model", BertConfig())
+
+
+def test_unloadable_teacher_dir_is_clear(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"--teacher: cannot load a model and tokenizer from directory"):
+        load_teacher(str(tmp_path / "empty"))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from transformers import AutoTokenizer
 
-from distilrubert.tokenmap import TokenMap, greedy_split
+from distilrubert.tokenmap import TokenMap, bytes_to_unicode, detect_family, detect_family_from_vocab, greedy_split
+
+from .families import byte_level_tokenizer, byte_token, sentencepiece_tokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -93,3 +96,153 @@ def test_real_tokenizers(teacher_dir, student_vocab_dir):
         joined = "".join(p[2:] if i or p.startswith("##") else p for i, p in enumerate(pieces))
         assert joined == token.removeprefix("##"), (token, pieces)
     assert tmap.stats()["teacher_tokens_covered"] > 0.9 * len(t_tok.get_vocab()) - 10
+
+
+# --- teachers of other tokenizer families: SentencePiece (▁ word starts) and byte-level BPE (Ġ)
+
+SP_TEACHER = _vocab(["<s>", "<pad>", "</s>", "<unk>", "▁", "▁привет", "ами", "вет", "▁коты", "▁котЪ", "▁кот",
+                     "кот", "bb", "▁中", "▁кот▁a", "▁▁", "<mask>"])
+
+
+def test_sentencepiece_word_starts_continuations_and_uncovered():
+    tmap = TokenMap(SP_TEACHER, STUDENT)
+    assert tmap.family == "sentencepiece"  # detected from the ▁ markers
+    assert tmap.split_teacher_token("▁привет") == ["при", "##вет"]  # word start: first piece word-initial
+    assert tmap.split_teacher_token("ами") == ["##ами"]  # continuation: only ## pieces
+    assert tmap.split_teacher_token("вет") == ["##вет"]
+    assert tmap.split_teacher_token("bb") == ["##b", "##b"]
+    assert tmap.split_teacher_token("▁коты") == ["кот", "##ы"]
+    assert tmap.split_teacher_token("▁кот▁a") == ["кот", "a"]  # a word boundary inside: two words
+    assert tmap.split_teacher_token("▁приветствие") == ["при", "##вет", "##ств", "##ие"]  # not in the vocab
+    for uncovered in ("▁котЪ", "кот", "▁", "▁▁"):  # Ъ missing; no "##к"; bare space markers hold no text
+        assert tmap.split_teacher_token(uncovered) == ["[UNK]"], uncovered
+        assert not tmap.covered[SP_TEACHER[uncovered]]
+    assert tmap.word_start[SP_TEACHER["▁привет"]] and not tmap.word_start[SP_TEACHER["ами"]]
+    assert tmap.covered[SP_TEACHER["▁привет"]] and tmap.lengths[SP_TEACHER["▁привет"]] == 2
+
+
+def test_sentencepiece_specials_by_role_inverse_and_intersection():
+    tmap = TokenMap(SP_TEACHER, STUDENT)
+    roles = {"<s>": "[CLS]", "</s>": "[SEP]", "<pad>": "[PAD]", "<unk>": "[UNK]", "<mask>": "[MASK]"}
+    for teacher_token, student_token in roles.items():
+        assert tmap.split_teacher_token(teacher_token) == [student_token]
+        assert tmap.covered[SP_TEACHER[teacher_token]]
+    assert tmap.teacher_tokens_for("[CLS]") == ["<s>"]
+    assert tmap.teacher_tokens_for("[UNK]") == ["<unk>"]  # not the uncovered "▁" / "▁котЪ"
+    assert set(tmap.teacher_tokens_for("кот")) == {"▁кот", "▁кот▁a", "▁коты"}
+    assert tmap.teacher_tokens_for("##ами") == ["ами"]
+    pairs = {(tmap.teacher_tokens[t], tmap.student_tokens[s]) for t, s in tmap.intersection.tolist()}
+    # Same surface and same word-start flag; "кот" (a continuation) is not the student's word-initial "кот".
+    assert pairs == {*roles.items(), ("ами", "##ами"), ("вет", "##вет"), ("▁кот", "кот"), ("▁中", "中")}
+    ids, owner = tmap.rewrite([SP_TEACHER[t] for t in ("<s>", "▁привет", "ами", "</s>")])
+    assert [tmap.student_tokens[i] for i in ids] == ["[CLS]", "при", "##вет", "##ами", "[SEP]"]
+    assert owner.tolist() == [0, 1, 1, 2, 3]
+
+
+BL_TEACHER = _vocab(["<s>", "<pad>", "</s>", "<unk>", "<mask>", byte_token(" привет"), byte_token("ами"),
+                     byte_token(" котЪ"), byte_token(" "), byte_token("п")[:1], byte_token(" кот"),
+                     byte_token("\n"), byte_token("中"), byte_token(" 中"), "ab"])
+
+
+def test_byte_level_tokens_are_decoded_bytes():
+    tmap = TokenMap(BL_TEACHER, STUDENT)
+    assert tmap.family == "byte-level"
+    assert byte_token(" привет") == "ĠÐ¿ÑĢÐ¸Ð²ÐµÑĤ"  # the notation a GPT-2 / RoBERTa vocabulary uses
+    assert tmap.split_teacher_token(byte_token(" привет")) == ["при", "##вет"]
+    assert tmap.split_teacher_token(byte_token("ами")) == ["##ами"]
+    assert tmap.split_teacher_token(byte_token(" 中")) == ["中"]
+    assert tmap.split_teacher_token("ab") == ["[UNK]"]  # a continuation "ab": the student has no "##a"
+    # "Ð" is the first byte of "п": not text on its own; Ъ, a newline, "##中" and a bare space: no pieces.
+    for uncovered in (byte_token("п")[:1], byte_token(" котЪ"), byte_token("\n"), byte_token("中"), byte_token(" ")):
+        assert not tmap.covered[BL_TEACHER[uncovered]], uncovered
+    for special, role in (("<s>", "[CLS]"), ("</s>", "[SEP]"), ("<pad>", "[PAD]"), ("<mask>", "[MASK]")):
+        assert tmap.split_teacher_token(special) == [role]
+    pairs = {(tmap.teacher_tokens[t], tmap.student_tokens[s]) for t, s in tmap.intersection.tolist()}
+    assert (byte_token(" кот"), "кот") in pairs and (byte_token("ами"), "##ами") in pairs
+    assert (byte_token(" привет"), "при") not in pairs
+
+
+def test_family_detection_and_override(teacher_dir):
+    assert detect_family_from_vocab(SP_TEACHER) == "sentencepiece"
+    assert detect_family_from_vocab(BL_TEACHER) == "byte-level"
+    assert detect_family_from_vocab(TEACHER) == "wordpiece"
+    assert detect_family(sentencepiece_tokenizer()) == "sentencepiece"  # from the backend's Metaspace
+    assert detect_family(byte_level_tokenizer()) == "byte-level"  # from the backend's ByteLevel
+    assert detect_family(AutoTokenizer.from_pretrained(teacher_dir)) == "wordpiece"
+    # Override: read as WordPiece, "ами" is a word-initial token the student cannot spell.
+    assert TokenMap(SP_TEACHER, STUDENT, family="wordpiece").split_teacher_token("ами") == ["[UNK]"]
+    assert TokenMap.from_vocabs(SP_TEACHER, STUDENT, family="sentencepiece").split_teacher_token("ами") == ["##ами"]
+    with pytest.raises(ValueError, match="unknown tokenizer family 'spm'"):
+        TokenMap(SP_TEACHER, STUDENT, family="spm")
+
+
+class _Tok:
+    """Just what ``TokenMap.from_tokenizers`` reads from a tokenizer: the vocabulary and the role attributes."""
+
+    def __init__(self, tokens, **roles):
+        self._vocab = _vocab(tokens)
+        self.all_special_tokens = list(roles.values())
+        for role in ("cls", "sep", "pad", "unk", "mask", "bos", "eos"):
+            setattr(self, f"{role}_token", roles.get(role))
+
+    def get_vocab(self):
+        return dict(self._vocab)
+
+
+def test_specials_follow_roles_not_names():
+    teacher = _Tok(["<|start|>", "<|end|>", "<|blank|>", "<|oov|>", "▁привет", "ами"], bos="<|start|>",
+                   eos="<|end|>", pad="<|blank|>", unk="<|oov|>")
+    student = _Tok(["<C>", "<S>", "<P>", "<U>", "<M>", "при", "##вет", "##ами"], cls="<C>", sep="<S>", pad="<P>",
+                   unk="<U>", mask="<M>")
+    tmap = TokenMap.from_tokenizers(teacher, student)
+    assert tmap.family == "sentencepiece"
+    assert [tmap.split_teacher_token(t) for t in ("<|start|>", "<|end|>", "<|blank|>", "<|oov|>")] == [
+        ["<C>"], ["<S>"], ["<P>"], ["<U>"]]
+    assert tmap.split_teacher_token("▁привет") == ["при", "##вет"]
+
+
+def _rejoin(pieces):
+    return "".join(p.removeprefix("##") for p in pieces)
+
+
+def test_real_sentencepiece_and_byte_level_tokenizers(student_vocab_dir):
+    s_tok = AutoTokenizer.from_pretrained(student_vocab_dir)
+    sp = sentencepiece_tokenizer()
+    tmap = TokenMap.from_tokenizers(sp, s_tok)
+    assert tmap.family == "sentencepiece"
+    assert [tmap.split_teacher_token(t) for t in ("<s>", "</s>", "<pad>", "<unk>", "<mask>")] == [
+        ["[CLS]"], ["[SEP]"], ["[PAD]"], ["[UNK]"], ["[MASK]"]]
+    texts = [t for t in tmap.teacher_tokens if t not in sp.all_special_tokens and t != "▁"]
+    for token in texts:
+        pieces = tmap.split_teacher_token(token)
+        if pieces != ["[UNK]"]:
+            assert _rejoin(pieces) == token.removeprefix("▁"), (token, pieces)
+            assert pieces[0].startswith("##") != token.startswith("▁"), (token, pieces)
+    covered = sum(tmap.covered[sp.convert_tokens_to_ids(t)] for t in texts)
+    assert covered > 0.9 * len(texts)  # the student was built on the same sentences
+    assert not tmap.covered[sp.convert_tokens_to_ids("▁")]
+
+    bl = byte_level_tokenizer()
+    tmap = TokenMap.from_tokenizers(bl, s_tok)
+    assert tmap.family == "byte-level"
+    invalid = 0
+    for token, t_id in bl.get_vocab().items():
+        if token in bl.all_special_tokens:
+            continue
+        raw = bytes(_BYTES[c] for c in token)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            invalid += 1
+            assert not tmap.covered[t_id], token
+            continue
+        if tmap.covered[t_id]:
+            assert _rejoin(tmap.split_teacher_token(token)) == text.strip(), (token, text)
+    assert invalid > 50  # the 256 single bytes include every lone UTF-8 lead/continuation byte
+    privet = bl.convert_tokens_to_ids(bl.tokenize("Привет"))
+    pieces = [tmap.student_tokens[i] for i in tmap.rewrite(privet)[0]]
+    # Token by token, the rewrite spells the word: one word-initial piece, then continuations.
+    assert _rejoin(pieces) == "Привет" and [p.startswith("##") for p in pieces] == [False] + [True] * (len(pieces) - 1)
+
+
+_BYTES = {c: b for b, c in bytes_to_unicode().items()}
