@@ -53,7 +53,10 @@ class DistillConfig(TrainOptions):
                           "directory with a masked-LM model and its tokenizer.", metavar="ID_OR_DIR")
     student: str = option(help="Student directory (from `distilrubert init-student`): masked-LM model + tokenizer.",
                           metavar="DIR")
-    alignment: Literal["match", "reduce"] = option("reduce", "Vocabulary alignment (REFERENCE 2.4).")
+    alignment: Literal["auto", "match", "reduce", "span"] = option(
+        "auto", "Vocabulary alignment (REFERENCE 2.4): match / reduce (KL over output distributions: a teacher with "
+        "an MLM head), span (character-offset groups of both tokenisations; any teacher, any tokenizer family), or "
+        "auto: reduce for a teacher with an MLM head, span for one without.")
     pooling: Literal["sum", "mean", "logsumexp"] = option(
         "mean", "reduce: how student scores are pooled over a teacher token's pieces (the released code: sum; "
         "mean distilled better here, docs/results-reduce-mean.md).")
@@ -66,21 +69,35 @@ class DistillConfig(TrainOptions):
         "(torch.compile), off (eager torch), or auto: native on CPU for teacher vocabularies >= 32K, falling back "
         "to compile, then eager, when a build fails. Same result; native is the fastest. 'on' = compile.")
     temperature: float = option(2.0, "Softmax temperature T of the KL (the loss is multiplied by T^2).")
-    alpha_kl: float = option(2.0, "Weight of the KL distillation loss.")
+    alpha_kl: float | None = option(None, "Weight of the KL distillation loss (default 2.0 with match / reduce; a "
+                                    "span run or a teacher without an MLM head has no KL).")
     alpha_mlm: float = option(0.5, "Weight of the student's MLM loss.")
     alpha_hidden: float = option(0.1, "Weight of the hidden-state loss (0 = off).")
     alpha_attention: float = option(0.0, "Weight of the attention-map MSE (match only; equal head counts).")
     hidden_loss: Literal["mse", "cosine"] = option("mse", "Hidden-state distance.")
     layer_mapping: str = option("average_all", "Hidden-state layer pairs: average_all, skip, average, last, or "
                                 "explicit STUDENT:TEACHER pairs such as 0:0,1:4,2:8,3:12 (1:1+2+3+4 = mean).")
-    cache_teacher: Literal["none", "top-k"] = option(
-        "none", "Cache the teacher's top-k log-probabilities on disk so later epochs skip the teacher.")
+    cache_teacher: Literal["auto", "none", "top-k", "outputs"] = option(
+        "auto", "Cache teacher outputs on disk so later epochs skip the teacher: top-k (match / reduce: top-k "
+        "log-probabilities), outputs (span: sentence embeddings and pooled group states, shared by runs on the same "
+        "corpus and teacher), none, or auto: outputs for span, none otherwise.")
     cache_top_k: int = option(64, "k of --cache-teacher top-k.")
     kl_support: Literal["full", "teacher-top-k"] = option(
         "full", "Support of the training KL: full (exact: every token of the alignment's support) or "
         "teacher-top-k (an approximation: the teacher's --kl-top-k tokens per position, both distributions "
         "renormalised over them, as the teacher cache does). Validation always uses the full KL.")
     kl_top_k: int = option(1024, "k of --kl-support teacher-top-k.")
+    alpha_sentence: float | None = option(None, "span: weight of the sentence-embedding loss (student pooled "
+                                          "embedding, projected, vs the teacher's; default 1.0).")
+    alpha_relation: float | None = option(None, "span: weight of the in-batch similarity (relation) KL (default 1.0).")
+    sentence_loss: Literal["cosine", "mse"] = option("cosine", "span: distance of the sentence-embedding loss.")
+    relation_temperature: float = option(0.05, "span: softmax temperature of the relation loss's cosine similarities.")
+    student_pooling: Literal["mean", "cls"] = option(
+        "mean", "span: how the student's sentence embedding is pooled (the pooling it will be used with).")
+    teacher_prompt: str | None = option(None, "span: text put before every text the teacher reads (default: the "
+                                        "teacher card's document prompt, e.g. 'passage: ' for e5; '' for none).")
+    teacher_max_length: int = option(512, "span: the teacher's own truncation of a text, in teacher tokens.")
+    on_error: Literal["raise", "skip"] = option("raise", "Malformed corpus lines: stop (raise) or count and skip.")
     revision: str | None = option(None, "Teacher revision (branch, tag or commit) on the Hub.")
     trust_remote_code: bool = option(False, "Allow custom model code from the teacher's repository.")
 
@@ -88,14 +105,36 @@ class DistillConfig(TrainOptions):
         super().__post_init__()
         if self.temperature <= 0:
             raise ValueError("--temperature: must be positive")
-        for flag, value in (("--alpha-kl", self.alpha_kl), ("--alpha-mlm", self.alpha_mlm),
-                            ("--alpha-hidden", self.alpha_hidden), ("--alpha-attention", self.alpha_attention)):
-            if value < 0:
+        weights = (("--alpha-kl", self.alpha_kl), ("--alpha-mlm", self.alpha_mlm), ("--alpha-hidden", self.alpha_hidden),
+                   ("--alpha-attention", self.alpha_attention), ("--alpha-sentence", self.alpha_sentence),
+                   ("--alpha-relation", self.alpha_relation))
+        for flag, value in weights:
+            if value is not None and value < 0:
                 raise ValueError(f"{flag}: must be >= 0")
-        if self.alpha_kl + self.alpha_mlm + self.alpha_hidden + self.alpha_attention == 0:
-            raise ValueError("--alpha-kl/--alpha-mlm/--alpha-hidden/--alpha-attention: all weights are 0")
-        if self.alpha_attention > 0 and self.alignment != "match":
+        if all(value is not None for _, value in weights) and sum(value for _, value in weights) == 0:
+            raise ValueError("--alpha-kl/--alpha-mlm/--alpha-hidden/--alpha-attention/--alpha-sentence/"
+                             "--alpha-relation: all weights are 0")
+        if self.alpha_attention > 0 and self.alignment not in ("match", "auto"):
             raise ValueError("--alpha-attention: the attention loss needs --alignment match")
+        if self.alignment in ("match", "reduce"):
+            for flag, value in (("--alpha-sentence", self.alpha_sentence), ("--alpha-relation", self.alpha_relation)):
+                if value:
+                    raise ValueError(f"{flag}: the sentence and relation losses run with --alignment span")
+            if self.cache_teacher == "outputs":
+                raise ValueError("--cache-teacher outputs: for --alignment span (match / reduce cache top-k)")
+        if self.alignment == "span":
+            if self.alpha_kl:
+                raise ValueError("--alpha-kl: --alignment span pairs hidden states, not output distributions: "
+                                 "there is no KL (use --alpha-sentence, --alpha-relation, --alpha-hidden)")
+            if self.cache_teacher == "top-k":
+                raise ValueError("--cache-teacher top-k: for match / reduce (span caches its outputs: --cache-teacher "
+                                 "outputs)")
+            if self.kl_positions != "aligned":
+                raise ValueError("--kl-positions: only match / reduce take a KL")
+        if self.relation_temperature <= 0:
+            raise ValueError("--relation-temperature: must be positive")
+        if not 2 < self.teacher_max_length <= 8192:
+            raise ValueError("--teacher-max-length: must be in 3..8192")
         if self.kl_top_k < 1:
             raise ValueError("--kl-top-k: must be >= 1")
         if self.kl_positions == "masked-words" and self.cache_teacher != "none":
@@ -377,13 +416,138 @@ def load_student(directory: str, attn_implementation: str | None = None):
     return model, tokenizer
 
 
+def resolve_for_teacher(config: DistillConfig, has_head: bool) -> DistillConfig:
+    """The config with its ``auto`` choices made for this teacher (what ``run.json`` records).
+
+    Raises:
+        ValueError: a KL alignment or weight for a teacher that has no masked-LM head.
+    """
+    import dataclasses
+
+    alignment = config.alignment if config.alignment != "auto" else ("reduce" if has_head else "span")
+    if not has_head:
+        if alignment in ("match", "reduce"):
+            raise ValueError(f"--alignment {alignment}: the teacher {config.teacher} has no masked-LM head, so there "
+                             "are no output distributions to align; use --alignment span (sentence, relation and "
+                             "span hidden-state losses)")
+        if config.alpha_kl:
+            raise ValueError(f"--alpha-kl: the teacher {config.teacher} has no masked-LM head, so there are no teacher "
+                             "logits for a KL; drop --alpha-kl (use --alpha-sentence, --alpha-relation, --alpha-hidden)")
+    span = alignment == "span"
+
+    def default(value: float | None, when_span: float, otherwise: float) -> float:
+        return (when_span if span else otherwise) if value is None else value
+
+    cache = config.cache_teacher if config.cache_teacher != "auto" else ("outputs" if span else "none")
+    return dataclasses.replace(config, alignment=alignment, alpha_kl=default(config.alpha_kl, 0.0, 2.0),
+                               alpha_sentence=default(config.alpha_sentence, 1.0, 0.0),
+                               alpha_relation=default(config.alpha_relation, 1.0, 0.0), cache_teacher=cache)
+
+
+def distill_span(config: DistillConfig, accelerator: Any, resume_from: Any, student: Any, student_tok: Any,
+                 teacher: Any, teacher_tok: Any) -> dict[str, Any]:
+    """``--alignment span``: whole texts, sentence / relation / span-hidden / MLM losses (:mod:`distilrubert.represent`)."""
+    import dataclasses
+
+    from distilrubert.data import smoothed_token_probs
+    from distilrubert.represent import RepresentationTask, TextCollator
+    from distilrubert.teacher_spec import read_teacher_spec
+    from distilrubert.textunits import build_text_units
+    from distilrubert.trainer import save_final_output, train
+
+    spec = read_teacher_spec(config.teacher)
+    if config.teacher_prompt is not None:
+        spec = dataclasses.replace(spec, prompt=config.teacher_prompt)
+    teacher_limit = min(config.teacher_max_length, int(getattr(teacher.config, "max_position_embeddings", 512)))
+    if student.config.vocab_size < len(student_tok):
+        raise ValueError(f"--student: {config.student} has {student.config.vocab_size} embedding rows but its "
+                         f"tokenizer {len(student_tok)} tokens")
+    with accelerator.main_process_first():
+        units = build_text_units(config.corpus, student_tok, teacher_tok, config.max_length, teacher_limit,
+                                 spec.prompt, config.cache_dir, config.text_field, span=config.alpha_hidden > 0,
+                                 progress=config.progress, on_error=config.on_error)
+    probs = smoothed_token_probs(units.student_counts(student.config.vocab_size), student_tok.all_special_ids,
+                                 config.mlm_smoothing)
+    collator = TextCollator(units, student_tok, probs, seed=config.seed, mlm_probability=config.mlm_probability,
+                            teacher_pad_id=teacher_tok.pad_token_id or 0, mlm=config.alpha_mlm > 0)
+    extra = {"data": {k: v for k, v in units.report.items() if k != "key"}, "alignment": "span",
+             "teacher_spec": dataclasses.asdict(spec), "teacher_max_length": teacher_limit}
+    task = RepresentationTask(config, teacher, student, units, spec, extra, span_model_card)
+    logger.info("distilling %s (%s params) from %s (%s params, %s pooling%s, prompt %r), span alignment, %d texts",
+                config.student, f"{sum(p.numel() for p in student.parameters()):,}", config.teacher,
+                f"{sum(p.numel() for p in teacher.parameters()):,}", spec.pooling,
+                ", normalised" if spec.normalize else "", spec.prompt, len(units))
+    summary = train(config, task, units, collator, accelerator, resume_from)
+    save_final_output("distill", config, task, accelerator, summary)
+    return summary
+
+
+def span_model_card(config: DistillConfig, student: Any, info: dict[str, Any]) -> str:
+    """The model card of a student distilled with ``--alignment span``."""
+    cfg = student.config
+    n_params = sum(p.numel() for p in student.parameters())
+    valid = info["validation"][-1] if info.get("validation") else {}
+    first, final = info.get("first_train", {}), info.get("final_train", {})
+    loss_rows = "".join(f"| {k} | {first.get(k, float('nan')):.4f} | {v:.4f} |\n" for k, v in sorted(final.items()))
+    valid_rows = "".join(f"| {k} | {v:.4f} |\n" for k, v in sorted(valid.items()) if k != "step")
+    data, spec = info.get("data", {}), info.get("teacher_spec", {})
+    command = command_line() or f"distill({to_dict(config)})"
+    rows = [
+        ("architecture", f"{cfg.model_type}, {_n_layers(cfg)} layers, hidden {_hidden_size(cfg)}, "
+         f"vocabulary {cfg.vocab_size:,}"),
+        ("parameters", f"{n_params:,}"),
+        ("teacher", f"`{config.teacher}`: sentence embedding = {spec.get('pooling')} pooling of "
+         f"`{spec.get('prompt', '')!r} + text`{', L2-normalised' if spec.get('normalize') else ''}"),
+        ("alignment", "`span` (character-offset groups of both tokenisations)"),
+        ("loss weights", f"sentence {config.alpha_sentence} ({config.sentence_loss}), relation {config.alpha_relation} "
+         f"(T = {config.relation_temperature}), span hidden {config.alpha_hidden} ({config.hidden_loss}, "
+         f"{config.layer_mapping}), MLM {config.alpha_mlm}"),
+        ("student pooling", f"{config.student_pooling} (use the model with this pooling)"),
+        ("data", f"{', '.join(config.corpus)}: {data.get('units', '?')} texts ({data.get('duplicates', 0)} duplicates "
+         f"removed), <= {config.max_length} student tokens; {info.get('train_sequences')} train / "
+         f"{info.get('valid_sequences')} validation"),
+        ("training", f"{info.get('steps')} steps x {config.batch_size} x {config.gradient_accumulation} x "
+         f"{info.get('processes')} processes, lr {config.lr}, {info.get('seconds')} s; teacher forward passes: "
+         f"{info.get('teacher_forward_steps')}"),
+    ]
+    table = "".join(f"| {k} | {v} |\n" for k, v in rows)
+    return f"""{card_front_matter("knowledge-distillation", "sentence-similarity")}
+# {Path(config.output).name}
+
+A student distilled by `distilrubert distill --alignment span` from `{config.teacher}`.
+
+| | |
+|---|---|
+{table}
+## Training losses (first and last logged step)
+
+| loss | first | last |
+|---|---|---|
+{loss_rows}
+## Final validation
+
+| metric | value |
+|---|---|
+{valid_rows}
+## Usage
+
+```python
+from distilrubert import Encoder
+encoder = Encoder.from_pretrained("{Path(config.output).name}")
+vectors = encoder.encode(["Привет, как дела?"], pooling="{config.student_pooling}", normalize=True)
+```
+
+Reproduce: `{command}`
+"""
+
+
 def distill(config: DistillConfig) -> dict[str, Any]:
     """Run distillation as configured; return the training report (also in ``train_report.json``)."""
     from accelerate.utils import set_seed
 
     from distilrubert.align import make_alignment
     from distilrubert.data import Collator, build_sequences, smoothed_token_probs, word_masking
-    from distilrubert.student_init import load_teacher
+    from distilrubert.student_init import has_mlm_head, load_teacher
     from distilrubert.tokenmap import TokenMap
     from distilrubert.trainer import make_accelerator, prepare_output, save_final_output, train
 
@@ -394,6 +558,9 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     eager = "eager" if config.alpha_attention > 0 else None
     student, student_tok = load_student(config.student, eager)
     teacher, teacher_tok = load_teacher(config.teacher, config.revision, config.trust_remote_code)
+    config = resolve_for_teacher(config, has_mlm_head(teacher))
+    if config.alignment == "span":
+        return distill_span(config, accelerator, resume_from, student, student_tok, teacher, teacher_tok)
     if eager and hasattr(teacher, "set_attn_implementation"):
         teacher.set_attn_implementation("eager")
     max_pos = min(getattr(student.config, "max_position_embeddings", 512),

@@ -187,13 +187,8 @@ def build_text_units(corpus_paths: Sequence[str | Path], student_tokenizer: Any,
                 s_group = np.full(len(s_seq), -1, dtype=np.int32)
                 t_group = np.full(len(t_seq), -1, dtype=np.int32)
                 n_groups = 0
-                if span:
-                    # Teacher offsets are into prefix + text: shift them; prefix tokens become zero-width.
-                    t_text = t_off - len(prefix)
-                    in_prefix = t_off[:, 1] <= len(prefix)
-                    t_text[in_prefix] = 0
-                    t_text = np.clip(t_text, 0, None)
-                    tg, sg, n_groups = span_groups(text, [tuple(o) for o in t_text], [tuple(o) for o in s_off])
+                if span:  # teacher offsets are into prefix + text; prefix tokens get no group
+                    tg, sg, n_groups = span_groups(text, t_off, s_off, teacher_prefix=len(prefix))
                     s_group[1:-1], t_group[1:-1] = sg, tg
                 for name, arr in (("student.bin", s_seq), ("teacher.bin", t_seq), ("student_group.bin", s_group),
                                   ("teacher_group.bin", t_group)):
