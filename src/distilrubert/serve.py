@@ -16,9 +16,11 @@ The model is loaded and called in one worker thread, so the event loop keeps acc
 never runs ops from two threads.
 
 Limits: at most ``--max-texts`` texts per request and ``--max-chars`` characters per text (413 with a
-JSON error body), a request body cap derived from both (413), schema errors 422, malformed JSON 400.
-Every error body is ``{"error": {"code": ..., "message": ...}}``; the server keeps serving after any of
-them. The default bind address is 127.0.0.1.
+JSON error body), a request body cap derived from both (413), schema errors 422, texts that are not
+valid Unicode (lone surrogates from ``\ud800`` escapes) 422, malformed JSON 400. Every error body is
+``{"error": {"code": ..., "message": ...}}``; the server keeps serving after any of them. A micro-batch
+that fails is rerun one request at a time, so an input that breaks the model fails only its own request.
+The default bind address is 127.0.0.1.
 
 Example:
     $ distilrubert serve --model student/ --port 8000
@@ -162,10 +164,14 @@ class MicroBatcher:
             try:
                 rows = await loop.run_in_executor(self.executor, self.fn, items)
                 self.last_run = loop.time() - run_start
-            except Exception as err:  # answer every waiting request; the worker keeps running
-                for _, future in pending:
-                    if not future.done():
-                        future.set_exception(err)
+            except Exception as err:
+                if len(pending) == 1:
+                    if not pending[0][1].done():
+                        pending[0][1].set_exception(err)
+                else:  # one bad request must not fail the others: rerun the batch one request at a time
+                    logger.warning("a micro-batch of %d requests failed (%s: %s); retrying them one by one",
+                                   len(pending), type(err).__name__, err)
+                    await self._one_by_one(pending)
                 continue
             if self.on_batch:
                 self.on_batch(len(items))
@@ -174,6 +180,22 @@ class MicroBatcher:
                 if not future.done():
                     future.set_result(rows[offset : offset + len(request)])
                 offset += len(request)
+
+    async def _one_by_one(self, pending: list) -> None:
+        """Run each request of a failed batch on its own: only the requests that fail again get an error."""
+        loop = asyncio.get_running_loop()
+        for request, future in pending:
+            if future.done():  # the client went away
+                continue
+            try:
+                rows = await loop.run_in_executor(self.executor, self.fn, request)
+            except Exception as err:
+                future.set_exception(err)
+                continue
+            if self.on_batch:
+                self.on_batch(len(request))
+            if not future.done():
+                future.set_result(rows)
 
 
 @dataclass
@@ -369,6 +391,14 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
             if len(text) > config.max_chars:
                 raise ApiError(413, "text_too_long",
                                f"texts[{i}] has {len(text)} characters; the limit is {config.max_chars}")
+            # JSON's \ud800 escapes decode to lone surrogates, which pass the schema but no tokenizer takes
+            # (it would raise inside a shared micro-batch). ASCII, the common case, needs no encode.
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise ApiError(422, "invalid_unicode", f"texts[{i}] is not valid Unicode: a lone surrogate "
+                                   f"at character {err.start}") from None
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):

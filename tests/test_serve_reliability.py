@@ -1,0 +1,106 @@
+"""The server under bad and hostile requests: one bad text fails only its own request, body caps hold for
+chunked bodies, metrics labels stay bounded and escaped, and every edge answers the documented JSON error."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from distilrubert.serve import MicroBatcher, ServeConfig, create_app
+
+
+class PoisonEncoder:
+    """Zero vectors, except that a batch holding ``"poison"`` raises (as a tokenizer does on bad input)."""
+
+    backend = "stub"
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+
+    def encode(self, texts, batch_size: int = 32, pooling: str = "cls", **kwargs) -> np.ndarray:
+        time.sleep(0.02)  # a forward pass: requests that arrive meanwhile join the next batch
+        self.batches.append(list(texts))
+        if "poison" in texts:
+            raise RuntimeError("cannot tokenize")
+        return np.full((len(texts), 4), float(len(texts[0]) if texts else 0), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_student_dir):
+    config = ServeConfig(model=str(tiny_student_dir), max_texts=4, max_chars=200, backend="torch")
+    with TestClient(create_app(tiny_student_dir, config), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def classifier_client(tiny_student_dir, tmp_path_factory):
+    torch.manual_seed(0)
+    head_dir = tmp_path_factory.mktemp("cls") / "cls"
+    AutoModelForSequenceClassification.from_pretrained(tiny_student_dir, num_labels=2).save_pretrained(head_dir)
+    AutoTokenizer.from_pretrained(tiny_student_dir).save_pretrained(head_dir)
+    with TestClient(create_app(head_dir, ServeConfig(model=str(head_dir), backend="torch")),
+                    raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("path", ["/embed", "/fill-mask", "/predict"])
+def test_lone_surrogate_is_422_at_the_edge(client, classifier_client, path):
+    http = classifier_client if path == "/predict" else client
+    # Raw JSON: the escape \ud800 decodes to a lone surrogate, which no tokenizer can take.
+    body = b'{"texts": ["ok [MASK]", "\xd1\x91 a\\ud800b [MASK]"]}'
+    response = http.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_unicode"
+    assert error["message"] == "texts[1] is not valid Unicode: a lone surrogate at character 3"
+    assert http.post(path, json={"texts": ["ещё [MASK] работает"]}).status_code == 200
+
+
+def test_a_failing_request_does_not_fail_the_others_in_its_micro_batch(tiny_student_dir):
+    encoder = PoisonEncoder()
+    config = ServeConfig(model=str(tiny_student_dir), backend="torch", max_wait_ms=100.0, max_batch_size=16)
+    app = create_app(tiny_student_dir, config, encoder=encoder)
+    texts = ["a", "bb", "poison", "dddd", "eeeee"]
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await asyncio.gather(*(http.post("/embed", json={"texts": [t]}) for t in texts))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200, 200, 500, 200, 200]
+    for text, response in zip(texts, responses, strict=True):
+        if text != "poison":
+            assert response.json()["embeddings"] == [[float(len(text))] * 4]
+    assert responses[2].json()["error"]["code"] == "internal_error"
+    assert len(encoder.batches[0]) == 5  # they did share one batch, which failed and was retried one by one
+    assert sorted(map(tuple, encoder.batches[1:])) == sorted((t,) for t in texts)
+
+
+def test_micro_batcher_retries_a_failed_batch_request_by_request():
+    def fn(items):
+        time.sleep(0.01)
+        if any(x < 0 for x in items):
+            raise ValueError("negative")
+        return [x * 10 for x in items]
+
+    async def run():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(fn, executor, max_batch=16, max_wait=0.05)
+            batcher.start()
+            results = await asyncio.gather(batcher.submit([1, 2]), batcher.submit([-1]), batcher.submit([3]),
+                                           return_exceptions=True)
+            await batcher.stop()
+        return results
+
+    good, bad, other = asyncio.run(run())
+    assert good == [10, 20] and other == [30]
+    assert isinstance(bad, ValueError) and str(bad) == "negative"
