@@ -104,3 +104,32 @@ def test_micro_batcher_retries_a_failed_batch_request_by_request():
     good, bad, other = asyncio.run(run())
     assert good == [10, 20] and other == [30]
     assert isinstance(bad, ValueError) and str(bad) == "negative"
+
+
+def test_a_chunked_body_over_the_cap_is_413_without_reading_the_rest(tiny_student_dir):
+    config = ServeConfig(model=str(tiny_student_dir), max_texts=4, max_chars=200, backend="torch")
+    app = create_app(tiny_student_dir, config, encoder=PoisonEncoder())
+    sent = []
+
+    async def body(total: int, chunk: bytes = b"x" * 65536):
+        # No Content-Length: httpx sends an async iterator as Transfer-Encoding: chunked.
+        for _ in range(total // len(chunk)):
+            sent.append(len(chunk))
+            yield chunk
+
+    async def small():
+        yield b'{"texts": '
+        yield b'["a", "bb"]}'
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            big = await http.post("/embed", content=body(60 * 2**20), headers={"content-type": "application/json"})
+            ok = await http.post("/embed", content=small(), headers={"content-type": "application/json"})
+            return big, ok
+
+    big, ok = asyncio.run(run())
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+    max_body = 4 * (200 * 4 + 16) + 4096
+    assert max_body < sum(sent) <= max_body + 65536  # stopped at the cap, not after 60 MB
+    assert ok.status_code == 200 and ok.json()["embeddings"] == [[1.0] * 4, [1.0] * 4]

@@ -244,7 +244,8 @@ class Metrics:
 
 
 class LimitsAndMetrics:
-    """Pure ASGI middleware: the request-body cap (413 before the body is read) and per-path metrics.
+    """Pure ASGI middleware: the request-body cap (413 before the body is read; a chunked body is counted
+    as it arrives and cut off at the cap) and per-route metrics.
 
     Written against ASGI directly rather than with ``@app.middleware("http")``: Starlette's
     ``BaseHTTPMiddleware`` wraps every request in extra tasks and streams, which cost more per ``/embed``
@@ -268,13 +269,44 @@ class LimitsAndMetrics:
             await send(message)
 
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        too_large = length is not None and (not length.isdigit() or int(length) > self.max_body)
+        if length is None:  # chunked (or no body): count the bytes as they arrive
+            receive, too_large = await self._read_capped(receive)
+        else:
+            too_large = not length.isdigit() or int(length) > self.max_body
         app = error_response(413, "body_too_large", f"request body over {self.max_body} bytes") if too_large \
             else self.app
         try:
             await app(scope, receive, send_status)
         finally:
             self.metrics.observe(scope["path"], status, time.perf_counter() - start)
+
+
+    async def _read_capped(self, receive) -> tuple:
+        """Read a body of unknown length up to the cap: ``(receive, False)`` replaying it to the app, or
+        ``(receive, True)`` as soon as it passes the cap, the rest unread.
+
+        Only for requests without ``Content-Length`` (uvicorn enforces a declared one), so the common path
+        keeps streaming the body straight to the app.
+        """
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                chunks = None
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                return receive, True
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replay = [message] if chunks is None else [{"type": "http.request", "body": b"".join(chunks),
+                                                     "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        return replayed, False
 
 
 def error_response(status: int, code: str, message: str, **extra):
