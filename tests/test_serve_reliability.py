@@ -133,3 +133,29 @@ def test_a_chunked_body_over_the_cap_is_413_without_reading_the_rest(tiny_studen
     max_body = 4 * (200 * 4 + 16) + 4096
     assert max_body < sum(sent) <= max_body + 65536  # stopped at the cap, not after 60 MB
     assert ok.status_code == 200 and ok.json()["embeddings"] == [[1.0] * 4, [1.0] * 4]
+
+
+def test_metrics_label_routes_not_raw_paths(tiny_student_dir):
+    config = ServeConfig(model=str(tiny_student_dir), backend="torch")
+    with TestClient(create_app(tiny_student_dir, config, encoder=PoisonEncoder())) as http:
+        assert http.post("/embed", json={"texts": ["a"]}).status_code == 200
+        # Percent-decoded, this path is `/a"} 1\nfake_metric{x="`: raw, it would write a line of its own.
+        assert http.get('/a%22%7D%201%0Afake_metric%7Bx=%22').status_code == 404
+        before = http.get("/metrics").text
+        for i in range(300):
+            http.get(f"/random-{i}")
+        after = http.get("/metrics").text
+        as_json = http.get("/metrics", params={"format": "json"}).json()
+    assert not any(line.startswith("fake_metric") for line in after.splitlines())
+    assert 'distilrubert_requests_total{path="/embed",status="200"} 1' in after
+    assert 'distilrubert_requests_total{path="other",status="404"} 301' in after
+    assert len(after.splitlines()) == len(before.splitlines()) + 5  # /metrics itself appears, nothing more
+    assert {r["path"] for r in as_json["requests"]} == {"/embed", "/metrics", "other"}
+
+
+def test_prometheus_label_values_are_escaped():
+    from distilrubert.serve import Metrics
+
+    metrics = Metrics(routes={'/a"b\\c\nd'})
+    metrics.observe('/a"b\\c\nd', 200, 0.01)
+    assert 'path="/a\\"b\\\\c\\nd",status="200"} 1' in metrics.prometheus()

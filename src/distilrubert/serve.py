@@ -200,14 +200,21 @@ class MicroBatcher:
 
 @dataclass
 class Metrics:
-    """Request counts by endpoint and status, latency quantiles (last 10,000 per endpoint), batch sizes."""
+    """Request counts by route and status, latency quantiles (last 10,000 per route), batch sizes.
+
+    Labelled by the app's routes (``routes``, filled by ``create_app``; every route is a fixed path) and
+    ``other`` for any other path: a client must not be able to grow the metrics or write into them
+    through the paths it requests.
+    """
 
     requests: collections.Counter = field(default_factory=collections.Counter)
     latencies: dict[str, collections.deque] = field(default_factory=dict)
     batches: int = 0
     batched_texts: int = 0
+    routes: set[str] = field(default_factory=set)
 
     def observe(self, path: str, status: int, seconds: float) -> None:
+        path = path if path in self.routes else "other"
         self.requests[(path, status)] += 1
         self.latencies.setdefault(path, collections.deque(maxlen=10_000)).append(seconds)
 
@@ -229,18 +236,23 @@ class Metrics:
     def prometheus(self) -> str:
         lines = ["# TYPE distilrubert_requests_total counter"]
         for (path, status), count in sorted(self.requests.items()):
-            lines.append(f'distilrubert_requests_total{{path="{path}",status="{status}"}} {count}')
+            lines.append(f'distilrubert_requests_total{{path="{_label(path)}",status="{status}"}} {count}')
         lines.append("# TYPE distilrubert_request_latency_seconds summary")
         for path, values in self.latencies.items():
             arr = np.asarray(values)
             for q in (0.5, 0.9, 0.99):
-                lines.append(f'distilrubert_request_latency_seconds{{path="{path}",quantile="{q}"}} '
+                lines.append(f'distilrubert_request_latency_seconds{{path="{_label(path)}",quantile="{q}"}} '
                              f"{float(np.quantile(arr, q)):.6f}")
-            lines.append(f'distilrubert_request_latency_seconds_count{{path="{path}"}} {len(arr)}')
+            lines.append(f'distilrubert_request_latency_seconds_count{{path="{_label(path)}"}} {len(arr)}')
         lines += ["# TYPE distilrubert_batches_total counter", f"distilrubert_batches_total {self.batches}",
                   "# TYPE distilrubert_batched_texts_total counter",
                   f"distilrubert_batched_texts_total {self.batched_texts}"]
         return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped (backslash, double quote, newline) as the text format requires."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class LimitsAndMetrics:
@@ -504,6 +516,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
             return metrics.as_dict()
         return PlainTextResponse(metrics.prometheus())
 
+    metrics.routes.update(route.path for route in app.routes)
     app.state.metrics = metrics
     app.state.encoder = encoder
     return app
