@@ -159,3 +159,27 @@ def test_prometheus_label_values_are_escaped():
     metrics = Metrics(routes={'/a"b\\c\nd'})
     metrics.observe('/a"b\\c\nd', 200, 0.01)
     assert 'path="/a\\"b\\\\c\\nd",status="200"} 1' in metrics.prometheus()
+
+
+def test_fill_mask_over_the_model_positions_is_413(client):
+    long_text = "[MASK]" + "!" * 190  # 190 punctuation tokens, in 196 characters; the tiny model has 128 positions
+    response = client.post("/fill-mask", json={"texts": ["Привет, [MASK]!", long_text]})
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["code"] == "text_too_long" and error["message"].startswith("texts[1] has ")
+    assert error["message"].endswith("tokens; this model takes at most 128")
+    assert client.post("/fill-mask", json={"texts": ["Привет, [MASK]!"]}).status_code == 200
+
+
+def test_unknown_paths_and_methods_answer_the_documented_error_shape(client):
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404 and missing.json() == {"error": {"code": "not_found", "message": "Not Found"}}
+    wrong = client.get("/embed")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "POST"
+
+
+def test_max_length_above_the_model_positions_is_refused(tiny_student_dir):
+    with pytest.raises(ValueError, match=r"^--max-length 100000 is above the model's 128 positions"):
+        ServeConfig(model=str(tiny_student_dir), max_length=100000)
+    assert ServeConfig(model=str(tiny_student_dir), max_length=128).max_length == 128

@@ -34,6 +34,7 @@ import collections
 import contextlib
 import logging
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,10 +82,25 @@ class ServeConfig:
                             ("--max-chars", self.max_chars), ("--max-length", self.max_length)):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        positions = _positions(Path(self.model))
+        if positions is not None and self.max_length > positions:
+            raise ValueError(f"--max-length {self.max_length} is above the model's {positions} positions "
+                             f"(max_position_embeddings in {Path(self.model) / 'config.json'})")
         if self.max_wait_ms < 0:
             raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
+
+
+def _positions(model_dir: Path) -> int | None:
+    """The model's ``max_position_embeddings`` from its ``config.json`` (``None`` when it does not say)."""
+    import json
+
+    try:
+        value = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 class ApiError(Exception):
@@ -363,6 +379,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import PlainTextResponse, Response
     from pydantic import BaseModel, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from transformers import pipeline
 
     from distilrubert.encoder import Encoder
@@ -457,6 +474,14 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
         return error_response(422, "invalid_request", "the request does not match the schema (see /openapi.json)",
                               details=details)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        # Starlette's own answers (unknown path, wrong method, unreadable body) as every other error.
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        response = error_response(err.status_code, code, str(err.detail))
+        response.headers.update(err.headers or {})  # 405 carries Allow
+        return response
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception):
         logger.exception("error while serving %s", request.url.path)
@@ -491,8 +516,18 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
         if missing:
             raise ApiError(422, "no_mask_token", f"texts{missing} contain no {mask}")
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(executor, lambda: [pipe(t, top_k=body.top_k) for t in body.texts])
+        outputs = await loop.run_in_executor(executor, fill_masks, pipe, body.texts, body.top_k)
         return {"results": [_plain(o) for o in outputs]}
+
+    def fill_masks(pipe, texts: list[str], top_k: int) -> list:
+        # fill-mask cannot truncate (the mask could be cut off): a text longer than the model is refused.
+        limit = getattr(pipe.model.config, "max_position_embeddings", None)
+        if limit:
+            for i, ids in enumerate(pipe.tokenizer(texts)["input_ids"]):
+                if len(ids) > limit:
+                    raise ApiError(413, "text_too_long",
+                                   f"texts[{i}] has {len(ids)} tokens; this model takes at most {limit}")
+        return [pipe(t, top_k=top_k) for t in texts]
 
     @app.post("/predict", summary="Classification / NER (fine-tuned models)")
     async def predict(body: TextsRequest) -> dict:
@@ -551,5 +586,21 @@ def run(config: ServeConfig) -> int:
     # load. An explicit setting is kept.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app = create_app(config.model, config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    # Bound here rather than by uvicorn so that the port the system picked for --port 0 can be printed.
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as err:
+        sock.close()
+        raise OSError(f"--host {config.host} --port {config.port}: cannot bind ({err.strerror})") from None
+    host, port = sock.getsockname()[:2]
+    print(f"distilrubert serve: listening on http://{f'[{host}]' if family == socket.AF_INET6 else host}:{port}",
+          flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
