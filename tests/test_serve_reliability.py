@@ -183,3 +183,71 @@ def test_max_length_above_the_model_positions_is_refused(tiny_student_dir):
     with pytest.raises(ValueError, match=r"^--max-length 100000 is above the model's 128 positions"):
         ServeConfig(model=str(tiny_student_dir), max_length=100000)
     assert ServeConfig(model=str(tiny_student_dir), max_length=128).max_length == 128
+
+
+def test_fifty_clients_with_poisoned_requests_on_loopback(tiny_student_dir):
+    # A real uvicorn on 127.0.0.1: 50 concurrent clients, 4 requests each, 5% of them poisoned (a lone
+    # surrogate, a fill-mask text longer than the model, a chunked body over the cap). Every good request
+    # gets its vectors, every bad one its 4xx, and nothing is a 5xx.
+    import socket
+    import threading
+
+    import uvicorn
+
+    from tests.conftest import SENTENCES
+
+    config = ServeConfig(model=str(tiny_student_dir), backend="torch", max_texts=4, max_chars=200)
+    app = create_app(tiny_student_dir, config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    headers = {"content-type": "application/json"}
+
+    async def chunked():
+        for _ in range(200):  # 13 MB, far over the ~7 KB cap
+            yield b"x" * 65536
+
+    poisons = [
+        ("/embed", {"content": b'{"texts": ["a\\ud800b"]}', "headers": headers}, 422),
+        ("/fill-mask", {"json": {"texts": ["[MASK]" + "!" * 190]}}, 413),
+        ("/embed", {"content": chunked, "headers": headers}, 413),
+    ]
+
+    async def client(http, k):
+        seen = []
+        for i in range(4):
+            n = 4 * k + i
+            if n % 20 == 7:  # 10 of 200
+                path, kwargs, status = poisons[n % 3]
+                if callable(kwargs.get("content")):
+                    kwargs = {**kwargs, "content": kwargs["content"]()}
+                response = await http.post(path, **kwargs)
+                seen.append((None, status, response))
+            else:
+                text = SENTENCES[n % len(SENTENCES)]
+                seen.append((text, 200, await http.post("/embed", json={"texts": [text]})))
+        return seen
+
+    async def run():
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits) as http:
+            return [x for part in await asyncio.gather(*(client(http, k) for k in range(50))) for x in part]
+
+    try:
+        results = asyncio.run(asyncio.wait_for(run(), 120))
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert len(results) == 200 and sum(text is None for text, _, _ in results) == 10
+    assert [(r.status_code, status) for _, status, r in results if r.status_code != status] == []
+    good = [(text, r) for text, _, r in results if text is not None]
+    expected = app.state.encoder.encode([t for t, _ in good], pooling="mean")
+    np.testing.assert_allclose(np.array([r.json()["embeddings"][0] for _, r in good]), expected, atol=1e-5)
+    assert all("error" in r.json() for text, _, r in results if text is None)
