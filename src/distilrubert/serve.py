@@ -206,7 +206,8 @@ class MicroBatcher:
             try:
                 rows = await loop.run_in_executor(self.executor, self.fn, request)
             except Exception as err:
-                future.set_exception(err)
+                if not future.done():
+                    future.set_exception(err)
                 continue
             if self.on_batch:
                 self.on_batch(len(request))
@@ -307,7 +308,6 @@ class LimitsAndMetrics:
             await app(scope, receive, send_status)
         finally:
             self.metrics.observe(scope["path"], status, time.perf_counter() - start)
-
 
     async def _read_capped(self, receive) -> tuple:
         """Read a body of unknown length up to the cap: ``(receive, False)`` replaying it to the app, or
