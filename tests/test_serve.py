@@ -112,16 +112,18 @@ def test_concurrent_requests_are_micro_batched(tiny_student_dir, max_wait_ms):
     assert metrics["batched_texts"] == 8 and metrics["batches"] < 8
 
 
-def test_serve_cli_builds_the_app_and_binds_loopback(tiny_student, monkeypatch):
+def test_serve_cli_builds_the_app_and_binds_loopback(tiny_student, monkeypatch, capsys):
     seen = {}
 
-    def fake_run(app, host, port, **kwargs):
-        seen.update(app=app, host=host, port=port)
+    def fake_run(server, sockets):
+        host, port = sockets[0].getsockname()
+        seen.update(app=server.config.app, host=host, port=port)
 
-    monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.setattr("uvicorn.Server.run", fake_run)
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
     assert main(["serve", "--model", str(tiny_student), "--port", "0", "--no-batching", "--backend", "torch"]) == 0
-    assert seen["host"] == "127.0.0.1" and seen["port"] == 0
+    assert seen["host"] == "127.0.0.1" and seen["port"] > 0  # --port 0: the system picked one ...
+    assert capsys.readouterr().out == f"distilrubert serve: listening on http://127.0.0.1:{seen['port']}\n"  # ... shown
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # micro-batches are tokenized in the model thread
     with TestClient(seen["app"]) as test_client:
         assert test_client.get("/health").json()["batching"] is False

@@ -2,6 +2,8 @@
 
 Output directories are built in a temporary sibling directory and renamed into place at the end, so a
 crash or a bad input never leaves a half-written model or vocabulary where a good one is expected.
+``--overwrite`` replaces only a directory this tool wrote (``run.json`` or training checkpoints), and never
+the working directory, one of its parents or the home directory (:func:`check_replaceable`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -96,14 +99,58 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
+_CHECKPOINT = re.compile(r"step-\d+$")  # OUTPUT/checkpoints/step-N: the trainer's layout
+
+
+def written_by_us(path: str | Path) -> bool:
+    """Whether ``path`` is an output of this tool: its ``run.json`` (a ``run_info`` record) or a training
+    run's ``checkpoints/step-N`` directories."""
+    path = Path(path)
+    marker = path / "run.json"
+    if marker.is_file():
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(info, dict) and {"command", "config", "versions"} <= info.keys()
+    checkpoints = path / "checkpoints"
+    return checkpoints.is_dir() and any(_CHECKPOINT.match(p.name) and p.is_dir() for p in checkpoints.iterdir())
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Raise ``ValueError`` unless the existing directory ``path`` may be deleted and replaced (``--overwrite``).
+
+    Never the working directory or one of its parents (so never the filesystem root) or the home directory,
+    whatever they hold; any other non-empty directory only if :func:`written_by_us` (a mistyped ``--output`` must not
+    delete a user's files).
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ValueError(f"--output {path}: is the working directory or one of its parents; it is never replaced "
+                         "(name a new directory)")
+    with contextlib.suppress(RuntimeError, KeyError):  # no home directory known
+        if resolved == Path.home().resolve():
+            raise ValueError(f"--output {path}: is the home directory; it is never replaced (name a new directory)")
+    if path.is_dir() and any(path.iterdir()) and not written_by_us(path):
+        raise ValueError(f"--output {path}: not written by distilrubert (no run.json, no checkpoints/step-N); "
+                         "--overwrite replaces only its own outputs, so remove it yourself or name a new directory")
+
+
 def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Fail early (before any work) if ``path`` is a non-empty directory and ``overwrite`` is off."""
+    """Fail early (before any work) if ``path`` is a non-empty directory and ``overwrite`` is off, or is a
+    directory that may not be replaced (:func:`check_replaceable`). Returns the path made absolute."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"--output {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"--output {path} already exists and is not empty (pass --overwrite to replace it)")
-    return path
+    if path.is_dir():
+        if any(path.iterdir()) and not overwrite:
+            raise FileExistsError(f"--output {path} already exists and is not empty (pass --overwrite to replace it)")
+        check_replaceable(path)
+    # Absolute (not resolved: a symlinked output is replaced as a link) so that `.` or `a/..` has a name
+    # for the temporary sibling.
+    return Path(os.path.abspath(path))
 
 
 @contextlib.contextmanager
@@ -119,13 +166,19 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
     try:
         yield tmp
+        old = None
+        if path.exists():
+            check_output_dir(path, overwrite)  # it may have been filled while the block ran
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

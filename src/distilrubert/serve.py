@@ -16,9 +16,11 @@ The model is loaded and called in one worker thread, so the event loop keeps acc
 never runs ops from two threads.
 
 Limits: at most ``--max-texts`` texts per request and ``--max-chars`` characters per text (413 with a
-JSON error body), a request body cap derived from both (413), schema errors 422, malformed JSON 400.
-Every error body is ``{"error": {"code": ..., "message": ...}}``; the server keeps serving after any of
-them. The default bind address is 127.0.0.1.
+JSON error body), a request body cap derived from both (413), schema errors 422, texts that are not
+valid Unicode (lone surrogates from ``\ud800`` escapes) 422, malformed JSON 400. Every error body is
+``{"error": {"code": ..., "message": ...}}``; the server keeps serving after any of them. A micro-batch
+that fails is rerun one request at a time, so an input that breaks the model fails only its own request.
+The default bind address is 127.0.0.1.
 
 Example:
     $ distilrubert serve --model student/ --port 8000
@@ -32,6 +34,7 @@ import collections
 import contextlib
 import logging
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -79,10 +82,25 @@ class ServeConfig:
                             ("--max-chars", self.max_chars), ("--max-length", self.max_length)):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        positions = _positions(Path(self.model))
+        if positions is not None and self.max_length > positions:
+            raise ValueError(f"--max-length {self.max_length} is above the model's {positions} positions "
+                             f"(max_position_embeddings in {Path(self.model) / 'config.json'})")
         if self.max_wait_ms < 0:
             raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
+
+
+def _positions(model_dir: Path) -> int | None:
+    """The model's ``max_position_embeddings`` from its ``config.json`` (``None`` when it does not say)."""
+    import json
+
+    try:
+        value = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 class ApiError(Exception):
@@ -162,10 +180,14 @@ class MicroBatcher:
             try:
                 rows = await loop.run_in_executor(self.executor, self.fn, items)
                 self.last_run = loop.time() - run_start
-            except Exception as err:  # answer every waiting request; the worker keeps running
-                for _, future in pending:
-                    if not future.done():
-                        future.set_exception(err)
+            except Exception as err:
+                if len(pending) == 1:
+                    if not pending[0][1].done():
+                        pending[0][1].set_exception(err)
+                else:  # one bad request must not fail the others: rerun the batch one request at a time
+                    logger.warning("a micro-batch of %d requests failed (%s: %s); retrying them one by one",
+                                   len(pending), type(err).__name__, err)
+                    await self._one_by_one(pending)
                 continue
             if self.on_batch:
                 self.on_batch(len(items))
@@ -175,17 +197,41 @@ class MicroBatcher:
                     future.set_result(rows[offset : offset + len(request)])
                 offset += len(request)
 
+    async def _one_by_one(self, pending: list) -> None:
+        """Run each request of a failed batch on its own: only the requests that fail again get an error."""
+        loop = asyncio.get_running_loop()
+        for request, future in pending:
+            if future.done():  # the client went away
+                continue
+            try:
+                rows = await loop.run_in_executor(self.executor, self.fn, request)
+            except Exception as err:
+                if not future.done():
+                    future.set_exception(err)
+                continue
+            if self.on_batch:
+                self.on_batch(len(request))
+            if not future.done():
+                future.set_result(rows)
+
 
 @dataclass
 class Metrics:
-    """Request counts by endpoint and status, latency quantiles (last 10,000 per endpoint), batch sizes."""
+    """Request counts by route and status, latency quantiles (last 10,000 per route), batch sizes.
+
+    Labelled by the app's routes (``routes``, filled by ``create_app``; every route is a fixed path) and
+    ``other`` for any other path: a client must not be able to grow the metrics or write into them
+    through the paths it requests.
+    """
 
     requests: collections.Counter = field(default_factory=collections.Counter)
     latencies: dict[str, collections.deque] = field(default_factory=dict)
     batches: int = 0
     batched_texts: int = 0
+    routes: set[str] = field(default_factory=set)
 
     def observe(self, path: str, status: int, seconds: float) -> None:
+        path = path if path in self.routes else "other"
         self.requests[(path, status)] += 1
         self.latencies.setdefault(path, collections.deque(maxlen=10_000)).append(seconds)
 
@@ -207,22 +253,28 @@ class Metrics:
     def prometheus(self) -> str:
         lines = ["# TYPE distilrubert_requests_total counter"]
         for (path, status), count in sorted(self.requests.items()):
-            lines.append(f'distilrubert_requests_total{{path="{path}",status="{status}"}} {count}')
+            lines.append(f'distilrubert_requests_total{{path="{_label(path)}",status="{status}"}} {count}')
         lines.append("# TYPE distilrubert_request_latency_seconds summary")
         for path, values in self.latencies.items():
             arr = np.asarray(values)
             for q in (0.5, 0.9, 0.99):
-                lines.append(f'distilrubert_request_latency_seconds{{path="{path}",quantile="{q}"}} '
+                lines.append(f'distilrubert_request_latency_seconds{{path="{_label(path)}",quantile="{q}"}} '
                              f"{float(np.quantile(arr, q)):.6f}")
-            lines.append(f'distilrubert_request_latency_seconds_count{{path="{path}"}} {len(arr)}')
+            lines.append(f'distilrubert_request_latency_seconds_count{{path="{_label(path)}"}} {len(arr)}')
         lines += ["# TYPE distilrubert_batches_total counter", f"distilrubert_batches_total {self.batches}",
                   "# TYPE distilrubert_batched_texts_total counter",
                   f"distilrubert_batched_texts_total {self.batched_texts}"]
         return "\n".join(lines) + "\n"
 
 
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped (backslash, double quote, newline) as the text format requires."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class LimitsAndMetrics:
-    """Pure ASGI middleware: the request-body cap (413 before the body is read) and per-path metrics.
+    """Pure ASGI middleware: the request-body cap (413 before the body is read; a chunked body is counted
+    as it arrives and cut off at the cap) and per-route metrics.
 
     Written against ASGI directly rather than with ``@app.middleware("http")``: Starlette's
     ``BaseHTTPMiddleware`` wraps every request in extra tasks and streams, which cost more per ``/embed``
@@ -246,13 +298,43 @@ class LimitsAndMetrics:
             await send(message)
 
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        too_large = length is not None and (not length.isdigit() or int(length) > self.max_body)
+        if length is None:  # chunked (or no body): count the bytes as they arrive
+            receive, too_large = await self._read_capped(receive)
+        else:
+            too_large = not length.isdigit() or int(length) > self.max_body
         app = error_response(413, "body_too_large", f"request body over {self.max_body} bytes") if too_large \
             else self.app
         try:
             await app(scope, receive, send_status)
         finally:
             self.metrics.observe(scope["path"], status, time.perf_counter() - start)
+
+    async def _read_capped(self, receive) -> tuple:
+        """Read a body of unknown length up to the cap: ``(receive, False)`` replaying it to the app, or
+        ``(receive, True)`` as soon as it passes the cap, the rest unread.
+
+        Only for requests without ``Content-Length`` (uvicorn enforces a declared one), so the common path
+        keeps streaming the body straight to the app.
+        """
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                chunks = None
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                return receive, True
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replay = [message] if chunks is None else [{"type": "http.request", "body": b"".join(chunks),
+                                                     "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        return replayed, False
 
 
 def error_response(status: int, code: str, message: str, **extra):
@@ -297,6 +379,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import PlainTextResponse, Response
     from pydantic import BaseModel, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from transformers import pipeline
 
     from distilrubert.encoder import Encoder
@@ -369,6 +452,14 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
             if len(text) > config.max_chars:
                 raise ApiError(413, "text_too_long",
                                f"texts[{i}] has {len(text)} characters; the limit is {config.max_chars}")
+            # JSON's \ud800 escapes decode to lone surrogates, which pass the schema but no tokenizer takes
+            # (it would raise inside a shared micro-batch). ASCII, the common case, needs no encode.
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise ApiError(422, "invalid_unicode", f"texts[{i}] is not valid Unicode: a lone surrogate "
+                                   f"at character {err.start}") from None
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
@@ -382,6 +473,14 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
             return error_response(400, "malformed_json", "the request body is not valid JSON", details=details)
         return error_response(422, "invalid_request", "the request does not match the schema (see /openapi.json)",
                               details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        # Starlette's own answers (unknown path, wrong method, unreadable body) as every other error.
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        response = error_response(err.status_code, code, str(err.detail))
+        response.headers.update(err.headers or {})  # 405 carries Allow
+        return response
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception):
@@ -417,8 +516,18 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
         if missing:
             raise ApiError(422, "no_mask_token", f"texts{missing} contain no {mask}")
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(executor, lambda: [pipe(t, top_k=body.top_k) for t in body.texts])
+        outputs = await loop.run_in_executor(executor, fill_masks, pipe, body.texts, body.top_k)
         return {"results": [_plain(o) for o in outputs]}
+
+    def fill_masks(pipe, texts: list[str], top_k: int) -> list:
+        # fill-mask cannot truncate (the mask could be cut off): a text longer than the model is refused.
+        limit = getattr(pipe.model.config, "max_position_embeddings", None)
+        if limit:
+            for i, ids in enumerate(pipe.tokenizer(texts)["input_ids"]):
+                if len(ids) > limit:
+                    raise ApiError(413, "text_too_long",
+                                   f"texts[{i}] has {len(ids)} tokens; this model takes at most {limit}")
+        return [pipe(t, top_k=top_k) for t in texts]
 
     @app.post("/predict", summary="Classification / NER (fine-tuned models)")
     async def predict(body: TextsRequest) -> dict:
@@ -442,6 +551,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
             return metrics.as_dict()
         return PlainTextResponse(metrics.prometheus())
 
+    metrics.routes.update(route.path for route in app.routes)
     app.state.metrics = metrics
     app.state.encoder = encoder
     return app
@@ -476,5 +586,21 @@ def run(config: ServeConfig) -> int:
     # load. An explicit setting is kept.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app = create_app(config.model, config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    # Bound here rather than by uvicorn so that the port the system picked for --port 0 can be printed.
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as err:
+        sock.close()
+        raise OSError(f"--host {config.host} --port {config.port}: cannot bind ({err.strerror})") from None
+    host, port = sock.getsockname()[:2]
+    print(f"distilrubert serve: listening on http://{f'[{host}]' if family == socket.AF_INET6 else host}:{port}",
+          flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from distilrubert.config import option
-from distilrubert.runinfo import write_json
+from distilrubert.runinfo import check_replaceable, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def prepare_output(options: TrainOptions, main: bool = True) -> Path | None:
     latest = latest_checkpoint(output)
     finished = (output / "run.json").is_file()
     if options.overwrite and output.is_dir():
+        check_replaceable(output)
         if main:
             shutil.rmtree(output)
         return None
