@@ -105,8 +105,8 @@ class DistillConfig(TrainOptions):
         super().__post_init__()
         if self.temperature <= 0:
             raise ValueError("--temperature: must be positive")
-        weights = (("--alpha-kl", self.alpha_kl), ("--alpha-mlm", self.alpha_mlm), ("--alpha-hidden", self.alpha_hidden),
-                   ("--alpha-attention", self.alpha_attention), ("--alpha-sentence", self.alpha_sentence),
+        weights = (("--alpha-kl", self.alpha_kl), ("--alpha-mlm", self.alpha_mlm),
+                   ("--alpha-hidden", self.alpha_hidden), ("--alpha-attention", self.alpha_attention), ("--alpha-sentence", self.alpha_sentence),
                    ("--alpha-relation", self.alpha_relation))
         for flag, value in weights:
             if value is not None and value < 0:
@@ -431,8 +431,9 @@ def resolve_for_teacher(config: DistillConfig, has_head: bool) -> DistillConfig:
                              "are no output distributions to align; use --alignment span (sentence, relation and "
                              "span hidden-state losses)")
         if config.alpha_kl:
-            raise ValueError(f"--alpha-kl: the teacher {config.teacher} has no masked-LM head, so there are no teacher "
-                             "logits for a KL; drop --alpha-kl (use --alpha-sentence, --alpha-relation, --alpha-hidden)")
+            raise ValueError(f"--alpha-kl: the teacher {config.teacher} has no masked-LM head, so there are no "
+                             "teacher logits for a KL; drop --alpha-kl (use --alpha-sentence, --alpha-relation, "
+                             "--alpha-hidden)")
     span = alignment == "span"
 
     def default(value: float | None, when_span: float, otherwise: float) -> float:
@@ -446,7 +447,7 @@ def resolve_for_teacher(config: DistillConfig, has_head: bool) -> DistillConfig:
 
 def distill_span(config: DistillConfig, accelerator: Any, resume_from: Any, student: Any, student_tok: Any,
                  teacher: Any, teacher_tok: Any) -> dict[str, Any]:
-    """``--alignment span``: whole texts, sentence / relation / span-hidden / MLM losses (:mod:`distilrubert.represent`)."""
+    """``--alignment span``: whole texts; sentence / relation / span-hidden / MLM losses (see represent.py)."""
     import dataclasses
 
     from distilrubert.data import smoothed_token_probs

@@ -63,7 +63,8 @@ class CachePart:
     def __init__(self, directory: Path, key: dict[str, Any], rows: int, shape: tuple[int, ...], slots: int,
                  main: bool = True, flush_every: int = 64) -> None:
         self.directory = Path(directory)
-        self.key = {**key, "rows": rows, "shape": list(shape), "slots": slots}
+        # Through JSON once, so tuples compare equal to the lists read back from key.json.
+        self.key = json.loads(json.dumps({**key, "rows": rows, "shape": list(shape), "slots": slots}, default=str))
         self.rows, self.shape, self.slots = rows, tuple(shape), slots
         self.flush_every = flush_every
         self.hits = self.misses = self.recomputed = 0
@@ -100,7 +101,7 @@ class CachePart:
         with open(self.directory / "filled.u8", "wb") as handle:
             handle.truncate(max(1, self.slots))
         # key.json last: a directory without it is incomplete and rebuilt at the next open.
-        (self.directory / "key.json").write_text(json.dumps(self.key, indent=2, default=str), encoding="utf-8")
+        (self.directory / "key.json").write_text(json.dumps(self.key, indent=2), encoding="utf-8")
 
     # ---------------------------------------------------------------------------------------------
     def complete(self, slots: np.ndarray) -> bool:

@@ -162,8 +162,9 @@ def build_text_units(corpus_paths: Sequence[str | Path], student_tokenizer: Any,
         from distilrubert.span import span_groups
 
     s_cls, s_sep, s_unk = student_tokenizer.cls_token_id, student_tokenizer.sep_token_id, student_tokenizer.unk_token_id
-    t_cls = teacher_tokenizer.cls_token_id if teacher_tokenizer.cls_token_id is not None else teacher_tokenizer.bos_token_id
-    t_sep = teacher_tokenizer.sep_token_id if teacher_tokenizer.sep_token_id is not None else teacher_tokenizer.eos_token_id
+    t_cls, t_sep = teacher_tokenizer.cls_token_id, teacher_tokenizer.sep_token_id
+    t_cls = teacher_tokenizer.bos_token_id if t_cls is None else t_cls
+    t_sep = teacher_tokenizer.eos_token_id if t_sep is None else t_sep
     s_limit, t_limit = max_length - 2, teacher_max_length - 2
     report = {"documents": 0, "documents_unique": 0, "duplicates": 0, "units": 0, "dropped_unk": 0,
               "student_tokens": 0, "teacher_tokens": 0, "groups": 0, "span": span, "prefix": prefix,
@@ -198,8 +199,8 @@ def build_text_units(corpus_paths: Sequence[str | Path], student_tokenizer: Any,
                 report["groups"] += n_groups
                 report["units"] += 1
                 handles["doc_index.bin"].write(np.asarray([first_doc + j], np.int64).tobytes())
-                for name, value in (("student_offsets.bin", "student_tokens"), ("teacher_offsets.bin", "teacher_tokens"),
-                                    ("group_offsets.bin", "groups")):
+                for name, value in (("student_offsets.bin", "student_tokens"),
+                                    ("teacher_offsets.bin", "teacher_tokens"), ("group_offsets.bin", "groups")):
                     handles[name].write(np.asarray([report[value]], np.int64).tobytes())
 
         block: list[str] = []
