@@ -106,8 +106,8 @@ class DistillConfig(TrainOptions):
         if self.temperature <= 0:
             raise ValueError("--temperature: must be positive")
         weights = (("--alpha-kl", self.alpha_kl), ("--alpha-mlm", self.alpha_mlm),
-                   ("--alpha-hidden", self.alpha_hidden), ("--alpha-attention", self.alpha_attention), ("--alpha-sentence", self.alpha_sentence),
-                   ("--alpha-relation", self.alpha_relation))
+                   ("--alpha-hidden", self.alpha_hidden), ("--alpha-attention", self.alpha_attention),
+                   ("--alpha-sentence", self.alpha_sentence), ("--alpha-relation", self.alpha_relation))
         for flag, value in weights:
             if value is not None and value < 0:
                 raise ValueError(f"{flag}: must be >= 0")
