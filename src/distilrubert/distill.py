@@ -137,7 +137,7 @@ class DistillConfig(TrainOptions):
             raise ValueError("--teacher-max-length: must be in 3..8192")
         if self.kl_top_k < 1:
             raise ValueError("--kl-top-k: must be >= 1")
-        if self.kl_positions == "masked-words" and self.cache_teacher != "none":
+        if self.kl_positions == "masked-words" and self.cache_teacher not in ("none", "auto"):
             raise ValueError("--kl-positions masked-words: the teacher reads masked input that changes every "
                              "epoch, so its outputs cannot be cached (--cache-teacher none)")
         if self.cache_teacher == "top-k":
