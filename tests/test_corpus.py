@@ -97,3 +97,53 @@ def test_shared_corpora_read_as_they_are():
     assert counts["fortunes_ru.jsonl"] > 20_000 - 100
     assert counts["docs_ru.jsonl"] > 16_000
     assert counts["subtitles_ru_top_sentences.csv"] >= 9_900
+    if "dialogues_anekdots_ru.jsonl.gz" in counts:  # the dialogue sets arrived later
+        assert counts["dialogues_anekdots_ru.jsonl.gz"] > 87_000 and counts["dialogues_movies_ru.jsonl.gz"] > 50_000
+
+
+def _sample_summary() -> dict:
+    from distilrubert.corpus import sample_corpus
+
+    return json.loads((sample_corpus().parent / "sample_corpus.json").read_text(encoding="utf-8"))
+
+
+def test_embedded_sample_matches_its_summary_and_split_rule():
+    import hashlib
+    import re
+
+    from distilrubert.corpus import sample_corpus
+
+    summary = _sample_summary()
+    fraction, sides = summary["heldout_fraction"], {}
+    for split, side in (("train", False), ("heldout", True)):
+        path = sample_corpus(split)
+        data = path.read_bytes()
+        assert summary["files"][path.name]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert summary["files"][path.name]["bytes"] == len(data)
+        rows = [json.loads(line) for line in gzip.decompress(data).decode("utf-8").splitlines()]
+        # The held-out file is exactly the texts the shared split rule holds out.
+        assert all(split_heldout(r["text"], fraction) == side for r in rows)
+        for name, stats in summary["sources"].items():
+            texts = [r["text"] for r in rows if r["source"] == name]
+            assert len(texts) == stats[f"{split}_documents"] and sum(map(len, texts)) == stats[f"{split}_characters"]
+        sides[split] = rows
+    every = [re.sub(r"\s+", " ", r["text"]) for rows in sides.values() for r in rows]
+    assert len(set(every)) == len(every)  # deduplicated across sources and across the split
+    assert {"dialogues_anekdots", "dialogues_movies"} <= {r["source"] for r in sides["train"]}
+    assert summary["total_bytes"] <= 3_100_000  # the repository budget of the embedded corpus
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "corpus" / "dialogues_movies_ru.jsonl.gz").is_file(),
+                    reason="../shared/data/corpus with the dialogue sets not present")
+def test_build_script_reproduces_the_embedded_sample(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    summary = _sample_summary()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_sample_corpus.py"
+    subprocess.run([sys.executable, str(script), "--shared", str(SHARED_DATA / "corpus"), "--output", str(tmp_path),
+                    "--heldout", str(summary["heldout_fraction"]), "--dialogue-share", str(summary["dialogue_share"]),
+                    "--seed", str(summary["seed"])], check=True, capture_output=True)
+    rebuilt = json.loads((tmp_path / "sample_corpus.json").read_text(encoding="utf-8"))
+    assert rebuilt == summary

@@ -69,8 +69,9 @@ def _parse_fields(text_field: str | Iterable[str] | None) -> tuple[str, ...]:
 def sample_corpus(split: Literal["train", "heldout"] = "train") -> Path:
     """The embedded sample corpus of the source checkout (``data/sample_corpus.jsonl.gz``).
 
-    Built from the three offline Russian corpora by ``scripts/build_sample_corpus.py`` (sources and
-    licenses in ``data/README.md``); used when a command is given no ``--corpus``.
+    Built from the five offline Russian corpora (the three small ones whole, a share of the two dialogue
+    sets) by ``scripts/build_sample_corpus.py`` (sources, sizes and licenses in ``data/README.md``); used
+    when a command is given no ``--corpus``.
 
     Raises:
         FileNotFoundError: the package is not run from a source checkout that holds ``data/``.

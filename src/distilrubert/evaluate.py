@@ -429,7 +429,7 @@ BUILTIN_COLUMNS = ("REG",)
 
 
 def _register_probe(embedder: ProbeEmbedder, paths: list[Path], config: EvaluateConfig) -> dict[str, float]:
-    """The built-in probe: which source (fortunes / docs / subtitles) a held-out text comes from.
+    """The built-in probe: which source (fortunes / docs / subtitles / the two dialogue sets) a held-out text is from.
 
     Texts of ``data/sample_heldout.jsonl.gz`` (never trained on) are split 70/30 by a hash of their content.
     """
