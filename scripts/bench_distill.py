@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distilrubert.align import make_alignment
+from distilrubert.align import KL_KERNELS, kl_kernel_from_fused, make_alignment
 from distilrubert.distill import DistillConfig, DistillModule
 from distilrubert.losses import layer_pairs, mlm_loss
 from distilrubert.teacher_head import supports_lazy_head, teacher_forward
@@ -151,7 +151,7 @@ def materialise_teacher_logits(alignment, scores, approximate: bool) -> None:
     step = alignment.projection_rows
     for start in range(0, len(scores), step):
         stop = min(start + step, len(scores))
-        if approximate:  # teacher_topk: (positions, vocab) blocks
+        if approximate or alignment.linear_map is None:  # teacher_topk or the dense (logsumexp) KL: row blocks
             scores.rows(start, stop)
         elif alignment.linear_map.native is not None:  # the native kernel's row-permuted projection
             alignment.linear_map.native_logits(scores, start, stop, 1.0)
@@ -163,14 +163,12 @@ def materialise_teacher_logits(alignment, scores, approximate: bool) -> None:
 def bench_alignment(name: str, args, teacher, student, tmap, multi_ids, kl_support: str = "full") -> dict:
     config = DistillConfig(teacher="synthetic", student="synthetic", corpus=["synthetic"], output="unused",
                            alignment=name, kl_support=kl_support, kl_top_k=args.kl_top_k)
-    alignment = make_alignment(name, tmap, 0, config.pooling, args.fused_kl)
+    alignment = make_alignment(name, tmap, 0, config.pooling, args.kl_kernel)
     pairs = layer_pairs(config.layer_mapping, 3, args.teacher_layers)
     module = DistillModule(student, alignment, config, pairs, args.teacher_dim)
     module._teacher_layers = args.teacher_layers
     batch, _ = synthetic_batch(tmap, alignment, multi_ids, args.batch_size, args.length, seed=1)
     assert supports_lazy_head(teacher)
-    if name == "reduce":  # the kernels the KL will use (the teacher's timing computes the projection the same way)
-        alignment.linear_map.choose_kernels(torch.device("cpu"), alignment.chunk_rows)
 
     def teacher_lazy():  # the encoder; the output projection is applied where the loss reads it
         return teacher_forward(teacher, batch, output_hidden_states=True)
@@ -328,8 +326,10 @@ def main() -> None:
     parser.add_argument("--teacher-layers", type=int, default=12)
     parser.add_argument("--teacher-dim", type=int, default=768)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--fused-kl", default="auto", choices=["auto", "native", "compile", "off"],
-                        help="reduce KL block kernels (as distill --fused-kl).")
+    parser.add_argument("--kl-kernel", default="auto", choices=list(KL_KERNELS),
+                        help="reduce KL kernels (as distill --kl-kernel).")
+    parser.add_argument("--fused-kl", default=None, choices=["auto", "native", "compile", "off", "on"],
+                        help="Deprecated spelling of --kl-kernel (off = eager, on = compile).")
     parser.add_argument("--kl-support", nargs="+", default=["full"], choices=["full", "teacher-top-k"],
                         help="KL supports to time (teacher-top-k also reports its difference from the exact KL).")
     parser.add_argument("--kl-top-k", type=int, default=1024)
@@ -339,6 +339,8 @@ def main() -> None:
     parser.add_argument("--cache", action="store_true", help="Only measure the teacher-cache speed-up.")
     parser.add_argument("--output", type=Path, default=None, help="Also write the results as JSON here.")
     args = parser.parse_args()
+    if args.fused_kl is not None:
+        args.kl_kernel = kl_kernel_from_fused(args.fused_kl)
     torch.set_num_threads(args.threads)
     malloc_tuned = tune_malloc()  # as the training loop does on a CPU (the whole process: every quantity)
     start = time.perf_counter()
@@ -348,7 +350,7 @@ def main() -> None:
     result = {"setup": {"teacher": f"BERT {args.teacher_layers}x{args.teacher_dim}, vocab {len(teacher_vocab)}",
                         "student": f"DistilBERT 3x264, vocab {len(student_vocab)}",
                         "batch": f"{args.batch_size} x <= {args.length}", "threads": args.threads,
-                        "token_map": tmap.stats(), "fused_kl": args.fused_kl, "malloc_tuned": malloc_tuned}}
+                        "token_map": tmap.stats(), "kl_kernel": args.kl_kernel, "malloc_tuned": malloc_tuned}}
     if args.memory:
         result["memory"] = bench_memory(args, teacher, student, tmap, multi_ids)
     elif args.cache:

@@ -150,13 +150,13 @@ def _fused_and_dense(align, scores, teacher_rows, temperature):
     One student piece per aligned row, with logits ``scores * T``: its pooled log-probabilities are
     ``log_softmax(scores)``. Values (without T^2) and gradients with respect to those logits.
     """
-    from distilrubert.align import _MappedKL, _NativeReduceKL
+    from distilrubert.align.kl_eager import _MappedKL
+    from distilrubert.align.kl_native import _NativeReduceKL
     from distilrubert.teacher_head import TeacherScores
 
     n = len(teacher_rows)
     logits = (scores * temperature).clone().requires_grad_()
     teacher = TeacherScores.from_logits(teacher_rows[None], torch.arange(n))
-    align.linear_map.choose_kernels(logits.device, align.chunk_rows)
     if align.linear_map.native is not None:
         fused = _NativeReduceKL.apply(logits, torch.arange(n), n, align.linear_map, teacher, temperature,
                                       align.projection_rows)  # 37 positions: a full 32-position group + 5
@@ -264,11 +264,10 @@ def test_native_pooled_log_softmax_kernels_match_torch(mean):
 
 
 def test_native_reduce_kl_refuses_a_second_backward(token_map):
-    from distilrubert.align import _NativeReduceKL
+    from distilrubert.align.kl_native import _NativeReduceKL
     from distilrubert.teacher_head import TeacherScores
 
     align = ReduceAlignment(token_map, student_pad_id=0, fused="native")
-    align.linear_map.choose_kernels(torch.device("cpu"), align.chunk_rows)
     logits = torch.randn(3, len(STUDENT), requires_grad=True)
     teacher = TeacherScores.from_logits(torch.randn(1, 3, len(TEACHER)), torch.arange(3))
     loss = _NativeReduceKL.apply(logits, torch.arange(3), 3, align.linear_map, teacher, 2.0, align.projection_rows)
@@ -303,9 +302,8 @@ def test_native_kernel_build_failure_falls_back_with_a_warning(token_map, monkey
     monkeypatch.setattr(native, "_STATE", {})
     monkeypatch.setattr(native, "SOURCE", native.SOURCE.with_name("missing.cpp"))
     monkeypatch.setattr(native, "cpu_capability", lambda: "TEST_MISSING")  # a fresh extension name
-    align = ReduceAlignment(token_map, student_pad_id=0, fused="native")
-    with pytest.warns(UserWarning, match="native kernel failed"):
-        align.linear_map.choose_kernels(torch.device("cpu"), 4)
+    with pytest.warns(UserWarning, match="native kernel failed"):  # the kernel is chosen when the alignment is built
+        align = ReduceAlignment(token_map, student_pad_id=0, fused="native")
     assert align.linear_map.kernel_name in ("compile", "eager")
     monkeypatch.setattr(native, "_STATE", {})
     monkeypatch.setenv("DISTILRUBERT_NO_NATIVE", "1")

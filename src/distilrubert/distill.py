@@ -64,10 +64,12 @@ class DistillConfig(TrainOptions):
         "aligned", "Where the KL is taken: every aligned position with the teacher reading unmasked text (the "
         "released code), or masked-words: the same words masked in both tokenisations (the teacher reads them "
         "masked too) and the KL only at those words (the DistilBERT recipe; whole-word masking).")
-    fused_kl: Literal["auto", "native", "compile", "off", "on"] = option(
+    kl_kernel: Literal["auto", "native", "compile", "eager"] = option(
         "auto", "reduce (sum/mean) KL kernels: native (C++, built with the system compiler at first use), compile "
-        "(torch.compile), off (eager torch), or auto: native on CPU for teacher vocabularies >= 32K, falling back "
-        "to compile, then eager, when a build fails. Same result; native is the fastest. 'on' = compile.")
+        "(torch.compile), eager (plain torch), or auto: native on CPU for teacher vocabularies >= 32K, falling "
+        "back to compile, then eager, when a build fails. Same result; native is the fastest.")
+    fused_kl: Literal["auto", "native", "compile", "off", "on"] | None = option(
+        None, "Deprecated spelling of --kl-kernel (off = eager, on = compile); warns.")
     temperature: float = option(2.0, "Softmax temperature T of the KL (the loss is multiplied by T^2).")
     alpha_kl: float | None = option(None, "Weight of the KL distillation loss (default 2.0 with match / reduce; a "
                                     "span run or a teacher without an MLM head has no KL).")
@@ -103,6 +105,10 @@ class DistillConfig(TrainOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.fused_kl is not None:  # the deprecated flag: mapped (with a warning) and cleared
+            from distilrubert.align import kl_kernel_from_fused
+
+            self.kl_kernel, self.fused_kl = kl_kernel_from_fused(self.fused_kl), None
         if self.temperature <= 0:
             raise ValueError("--temperature: must be positive")
         weights = (("--alpha-kl", self.alpha_kl), ("--alpha-mlm", self.alpha_mlm),
@@ -341,7 +347,7 @@ class DistillTask:
             summary["teacher_cache"] = {"hits": self.cache.hits, "misses": self.cache.misses, "k": self.cache.k}
         linear_map = getattr(self.alignment, "linear_map", None)
         if linear_map is not None and self.alignment.pooling in ("sum", "mean"):
-            summary["kl_kernel"] = linear_map.kernel_name  # what --fused-kl resolved to
+            summary["kl_kernel"] = linear_map.kernel_name  # what --kl-kernel resolved to
         info = {**self.extra_info, **summary}
         write_json(directory / "train_report.json", info)
         (directory / "README.md").write_text(model_card(self.config, student, info), encoding="utf-8")
@@ -570,7 +576,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         raise ValueError(f"--max-length: {config.max_length} exceeds the models' {max_pos} positions")
     token_map = TokenMap.from_tokenizers(teacher_tok, student_tok)
     alignment = make_alignment(config.alignment, token_map, student_tok.pad_token_id, config.pooling,
-                               config.fused_kl)
+                               config.kl_kernel)
     with accelerator.main_process_first():
         store = build_sequences(config.corpus, student_tok, teacher_tok, token_map, config.max_length,
                                 config.cache_dir, config.text_field, progress=config.progress)
