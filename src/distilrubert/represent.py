@@ -13,7 +13,7 @@ teacher) and trains the student on whole texts (:mod:`distilrubert.textunits`) w
   the batch at ``--relation-temperature`` (:func:`distilrubert.losses.relation_loss`): the teacher's
   geometry, not its coordinates;
 * ``--alpha-hidden`` with ``--alignment span``: hidden states mean-pooled over the span groups
-  (:mod:`distilrubert.span`) at the ``--layer-mapping`` pairs, student side through a projection,
+  (:mod:`distilrubert.align.span`) at the ``--layer-mapping`` pairs, student side through a projection,
   MSE or cosine (``--hidden-loss``);
 * ``--alpha-mlm``: the student's own masked-LM loss on a masked copy of the text.
 
@@ -121,7 +121,7 @@ class RepresentationModule(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], teacher_sentence: torch.Tensor,
                 teacher_groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        from distilrubert.span import pool_groups
+        from distilrubert.align.span import pool_groups
 
         cfg = self.config
         base = self.student.base_model
@@ -219,7 +219,7 @@ class RepresentationTask:
 
     @torch.no_grad()
     def _teacher_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from distilrubert.span import pool_groups
+        from distilrubert.align.span import pool_groups
 
         self.teacher_steps += 1
         base = getattr(self.teacher, "base_model", self.teacher)

@@ -7,7 +7,7 @@ across documents as the masked-LM store (:mod:`distilrubert.data`) does:
 * the student reads ``[CLS] text [SEP]``, truncated to ``max_length`` student tokens;
 * the teacher reads its own tokenisation of ``prefix + text`` (the prompt its card names, e.g.
   ``"passage: "`` for e5), truncated its own way at ``teacher_max_length`` tokens;
-* with ``span=True`` the span alignment's groups (:func:`distilrubert.span.span_groups`) are computed
+* with ``span=True`` the span alignment's groups (:func:`distilrubert.align.span.span_groups`) are computed
   once here from the character offsets of both fast tokenizers and stored beside the ids.
 
 Arrays on disk (memory-mapped; ``n`` units, ``G`` groups in all):
@@ -159,7 +159,7 @@ def build_text_units(corpus_paths: Sequence[str | Path], student_tokenizer: Any,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     if span:
-        from distilrubert.span import span_groups
+        from distilrubert.align.span import span_groups
 
     s_cls, s_sep, s_unk = student_tokenizer.cls_token_id, student_tokenizer.sep_token_id, student_tokenizer.unk_token_id
     t_cls, t_sep = teacher_tokenizer.cls_token_id, teacher_tokenizer.sep_token_id

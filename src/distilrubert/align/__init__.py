@@ -15,9 +15,13 @@ module                    what
 ``kl_eager``              the reduce KL in torch (the linear map by blocks; the dense path)
 ``kl_compiled``           its block kernels compiled with ``torch.compile``
 ``kl_native``             its C++ kernels (:mod:`distilrubert.native`)
+``span``                  ``--alignment span``: character-offset groups of two tokenisations (any tokenizer
+                          families), group pooling and the span hidden loss. Not an output-distribution
+                          alignment: ``distill`` runs it through :mod:`distilrubert.represent` on whole
+                          texts, so it is not in :data:`ALIGNMENT_CLASSES`
 ========================  ==========================================================================
 
-Adding an alignment: a subclass of :class:`Alignment` in its own module (e.g. ``align/span.py``) and one
+Adding an alignment of output distributions: a subclass of :class:`Alignment` in its own module and one
 line in :data:`ALIGNMENT_CLASSES`.
 """
 
