@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from distilrubert.losses import hidden_loss, layer_pairs
 from distilrubert.align.span import batch_span_groups, pool_groups, span_groups, span_hidden_loss
+from distilrubert.losses import hidden_loss, layer_pairs
 
 E5_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers" / "multilingual-e5-small" \
     / "tokenizer.json.gz"
