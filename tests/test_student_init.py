@@ -266,7 +266,8 @@ def test_init_from_sentencepiece_teacher_without_mlm_head(sentencepiece_teacher_
         ids = tmap.student_to_teacher[sid]
         if token in s_tok.all_special_tokens or not len(ids):
             continue
-        assert all(tmap.teacher_tokens[i].startswith("▁") != token.startswith("##") for i in ids), token
+        if token.removeprefix("##")[0].isalnum():  # punctuation is word-initial whatever the teacher's flag
+            assert all(tmap.teacher_tokens[i].startswith("▁") != token.startswith("##") for i in ids), token
         np.testing.assert_allclose(s_emb[sid], t_emb[ids].mean(axis=0)[:36], rtol=1e-5, atol=1e-6)
         checked += 1
     assert checked > 100
