@@ -17,9 +17,12 @@ family             word start                   example -> (surface, word start)
 
 Then the surface is spelled with student pieces by greedy longest-prefix match, the way WordPiece
 itself tokenises a word: a word-start token begins with a word-initial student piece and continues
-with ``##`` pieces; a continuation token uses ``##`` pieces only. A surface that holds a word boundary
-inside (``▁New▁York``, a byte-level token with an inner space) is spelled word by word, each following
-word word-initial. A token with no text at all (the bare ``▁`` of SentencePiece, a bare ``Ġ``: only a
+with ``##`` pieces; a continuation token uses ``##`` pieces only. The surface is cut the way the
+student's own pre-tokenizer cuts text: a word boundary inside (``▁New▁York``, a byte-level token with an
+inner space) starts a new word, and for a BERT student (every ``build-vocab`` one; ``split_punctuation``,
+read from the student tokenizer) each punctuation character is a word of its own and the text after it
+starts a word, so SentencePiece's continuation ``,`` maps to ``,`` (the token the student really sees),
+not to ``##,``. A token with no text at all (the bare ``▁`` of SentencePiece, a bare ``Ġ``: only a
 space marker; the student writes spaces as token boundaries, not tokens) is **uncovered**: it maps to
 ``[UNK]`` with ``covered = False``, which the inverse map, the intersection and the ``reduce`` losses
 ignore. The same holds for a token some part of which has no student piece (a character outside the
@@ -39,9 +42,11 @@ From the split follow:
   the ``reduce`` alignment gathers from, never a dense one-hot matrix.
 * :attr:`TokenMap.student_to_teacher`: for each student id, the teacher ids whose split starts with it
   (the inverse map, used to initialise student embedding rows).
-* :attr:`TokenMap.intersection`: ``(n, 2)`` pairs ``(teacher_id, student_id)`` of the same token: equal
-  surface and equal word-start flag (``▁привет`` ~ ``привет``, ``ами`` ~ ``##ами``), and the specials
-  paired by role (the ``match`` alignment's KL support).
+* :attr:`TokenMap.intersection`: ``(n, 2)`` pairs ``(teacher_id, student_id)`` of the same token: the
+  teacher token is spelled by exactly one student token of the same text, so with the same word-start
+  flag (``▁привет`` ~ ``привет``, ``ами`` ~ ``##ами``; the continuation ``кот`` is not ``кот``), and the
+  specials paired by role; at most one teacher token per student token (``▁,`` rather than ``,`` for
+  ``,``): the ``match`` alignment's KL support.
 
 One dictionary lookup per candidate prefix: the 250,002-piece e5 vocabulary maps in about a second
 (``scripts/bench_tokenmap.py``; the measured figures are in ``docs/tokenmap.md``).
