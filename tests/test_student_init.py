@@ -13,6 +13,7 @@ from distilrubert.student_init import (
     MLM_HEAD_PREFIXES,
     InitStudentConfig,
     Reducer,
+    _heads_index,
     checkpoint_has_mlm_head,
     embedding_sources,
     extract_teacher_weights,
@@ -146,7 +147,7 @@ def test_uneven_layers_reported(teacher_dir, student_vocab_dir, tmp_path):
 def test_exact_first_sources(teacher_dir, student_vocab_dir):
     t_tok, s_tok = AutoTokenizer.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(student_vocab_dir)
     tmap = TokenMap.from_tokenizers(t_tok, s_tok)
-    exact = embedding_sources(tmap, s_tok, t_tok, "exact-first")
+    exact = embedding_sources(tmap, s_tok, "exact-first")
     t_vocab = t_tok.get_vocab()
     shared = [(tok, sid) for tok, sid in s_tok.get_vocab().items() if tok in t_vocab]
     assert shared
@@ -218,3 +219,101 @@ def test_unloadable_teacher_dir_is_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"--teacher: cannot load a model and tokenizer from directory"):
         load_teacher(str(tmp_path / "empty"))
+
+
+# --- a SentencePiece teacher without an MLM head (the shape of multilingual-e5-small, tiny)
+
+
+@pytest.fixture
+def sentencepiece_teacher_dir(tmp_path):
+    """A 4-layer ``BertModel`` (48 hidden = 12 heads of 4) with an XLM-R-style Unigram tokenizer, no head."""
+    from transformers import BertConfig, BertModel
+
+    from .families import sentencepiece_tokenizer
+
+    tok = sentencepiece_tokenizer()
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=len(tok) + 7, hidden_size=48, num_hidden_layers=4, num_attention_heads=12,
+                        intermediate_size=96, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    out = tmp_path / "sp-teacher"
+    BertModel(config).save_pretrained(out)  # 7 spare rows beyond the pieces, as e5 has (250,037 > 250,002)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_init_from_sentencepiece_teacher_without_mlm_head(sentencepiece_teacher_dir, student_vocab_dir, tmp_path):
+    from transformers import BertModel, DistilBertForMaskedLM
+
+    out = tmp_path / "s"
+    info = _init(sentencepiece_teacher_dir, student_vocab_dir, out, layers=2, dim=36, heads=12, ffn=60)
+    init = info["initialisation"]
+    assert info["token_map"]["family"] == "sentencepiece" and not info["teacher_mlm_head"]
+    assert init["mlm_head"] == "student" and init["output_bias_rows_from_teacher"] == 0
+    assert init["layer_groups"] == [[0, 1], [2, 3]]
+    report = json.loads((out / "init_report.json").read_text(encoding="utf-8"))
+    assert any("no MLM head" in note for note in report["initialisation"]["notes"])
+
+    teacher = BertModel.from_pretrained(sentencepiece_teacher_dir)
+    student = AutoModelForMaskedLM.from_pretrained(out)
+    assert type(student).__name__ == "DistilBertForMaskedLM" and student.config.vocab_size == 300
+    t_tok, s_tok = AutoTokenizer.from_pretrained(sentencepiece_teacher_dir), AutoTokenizer.from_pretrained(out)
+    tmap = TokenMap.from_tokenizers(t_tok, s_tok)
+    t_emb = teacher.embeddings.word_embeddings.weight.detach().numpy()
+    s_emb = student.distilbert.embeddings.word_embeddings.weight.detach().numpy()
+    # Rows from the mapped teacher rows through the inverse map: "кот" from ▁кот, ▁кошка... (all ▁к... words).
+    checked = 0
+    for token, sid in s_tok.get_vocab().items():
+        ids = tmap.student_to_teacher[sid]
+        if token in s_tok.all_special_tokens or not len(ids):
+            continue
+        if token.removeprefix("##")[0].isalnum():  # punctuation is word-initial whatever the teacher's flag
+            assert all(tmap.teacher_tokens[i].startswith("▁") != token.startswith("##") for i in ids), token
+        np.testing.assert_allclose(s_emb[sid], t_emb[ids].mean(axis=0)[:36], rtol=1e-5, atol=1e-6)
+        checked += 1
+    assert checked > 100
+    # Specials by role: [CLS] takes the row of <s>, [SEP] of </s>.
+    np.testing.assert_allclose(s_emb[s_tok.cls_token_id], t_emb[t_tok.convert_tokens_to_ids("<s>")][:36])
+    np.testing.assert_allclose(s_emb[s_tok.sep_token_id], t_emb[t_tok.convert_tokens_to_ids("</s>")][:36])
+    # Head-aware crop with 12 heads in both models (4 -> 3 dims per head, as e5's 32 -> 22).
+    layers = teacher.encoder.layer
+    q_mean = ((layers[2].attention.self.query.weight + layers[3].attention.self.query.weight) / 2).detach()
+    q_s = student.distilbert.transformer.layer[1].attention.q_lin.weight.detach()
+    for h in range(12):
+        torch.testing.assert_close(q_s[3 * h:3 * h + 3], q_mean[4 * h:4 * h + 3, :36])
+    o_mean = ((layers[2].attention.output.dense.weight + layers[3].attention.output.dense.weight) / 2).detach()
+    o_s = student.distilbert.transformer.layer[1].attention.out_lin.weight.detach()
+    torch.testing.assert_close(o_s[:, 3:6], o_mean[:36, 4:7])
+    # The head: the student's own initialisation (same seed, same draws), a zero output bias, tied weights.
+    torch.manual_seed(42)
+    fresh = DistilBertForMaskedLM(student.config)
+    torch.testing.assert_close(student.vocab_transform.weight, fresh.vocab_transform.weight)
+    assert not student.vocab_projector.bias.detach().any()
+    assert student.vocab_projector.weight.data_ptr() == student.distilbert.embeddings.word_embeddings.weight.data_ptr()
+    logits = student(**s_tok("Привет, [MASK]!", return_tensors="pt")).logits
+    assert logits.shape[-1] == 300 and torch.isfinite(logits).all()
+
+
+def test_init_from_sentencepiece_teacher_with_pca_and_exact_first(sentencepiece_teacher_dir, student_vocab_dir,
+                                                                  tmp_path):
+    info = _init(sentencepiece_teacher_dir, student_vocab_dir, tmp_path / "s", layers=3, dim=36, heads=12, ffn=60,
+                 reduce="pca", embedding_sources="exact-first")
+    assert info["initialisation"]["reduce"] == "pca" and info["initialisation"]["layer_groups"][0] == [0, 1]
+    t_tok, s_tok = AutoTokenizer.from_pretrained(sentencepiece_teacher_dir), AutoTokenizer.from_pretrained(
+        student_vocab_dir)
+    tmap = TokenMap.from_tokenizers(t_tok, s_tok)
+    exact = embedding_sources(tmap, s_tok, "exact-first")
+    # The same token across families (▁кот ~ кот, ами ~ ##ами) gives its row alone; the inverse map has more.
+    words = [(t, s) for t, s in tmap.intersection.tolist() if s not in s_tok.all_special_ids]
+    assert len(words) > 20
+    assert any(tmap.teacher_tokens[t].startswith("▁") for t, _ in words)
+    assert any(len(tmap.student_to_teacher[s]) > 1 for _, s in words)
+    for t, s in words:
+        assert exact[s].tolist() == [t]
+        assert tmap.teacher_tokens[t].removeprefix("▁") == tmap.student_tokens[s].removeprefix("##")
+
+
+def test_heads_index_for_e5_shapes():
+    """12 heads of 32 (384) -> 12 heads of 22 (264): student head h = the first 22 dims of teacher head h."""
+    student, teacher = _heads_index(12, 32, 12, 22)
+    assert len(student) == 264 and sorted(student.tolist()) == list(range(264))
+    assert teacher[22 * 5:22 * 6].tolist() == list(range(32 * 5, 32 * 5 + 22))

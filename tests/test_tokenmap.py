@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from distilrubert.tokenmap import TokenMap, bytes_to_unicode, detect_family, detect_family_from_vocab, greedy_split
+from distilrubert.tokenmap import (
+    TokenMap,
+    bytes_to_unicode,
+    detect_family,
+    detect_family_from_vocab,
+    greedy_split,
+    splits_punctuation,
+)
 
 from .families import byte_level_tokenizer, byte_token, sentencepiece_tokenizer
 
@@ -176,6 +183,39 @@ def test_family_detection_and_override(teacher_dir):
         TokenMap(SP_TEACHER, STUDENT, family="spm")
 
 
+def test_punctuation_is_a_word_of_its_own_for_a_bert_student():
+    """BERT's pre-tokenizer gives a student "," and never "##,": teacher text is spelled the same way."""
+    student = _vocab([*SPECIALS, ",", "##,", ".", "при", "##вет", "##ами"])
+    teacher = _vocab(["<s>", "</s>", "<pad>", "<unk>", ",", "▁,", "ами,", "▁привет.", ",ами", "▁"])
+    tmap = TokenMap(teacher, student)
+    assert tmap.split_teacher_token(",") == [","] and tmap.split_teacher_token("▁,") == [","]
+    assert tmap.split_teacher_token("ами,") == ["##ами", ","]
+    assert tmap.split_teacher_token("▁привет.") == ["при", "##вет", "."]
+    assert tmap.split_teacher_token(",ами") == ["[UNK]"]  # after punctuation a word starts: no "ами" piece
+    pairs = {(tmap.teacher_tokens[t], tmap.student_tokens[s]) for t, s in tmap.intersection.tolist()}
+    # One teacher token per student token: "▁," (flags agree) wins over ",".
+    assert {p for p in pairs if p[1] in (",", "##,")} == {("▁,", ",")}
+    assert len({s for _, s in tmap.intersection.tolist()}) == len(tmap.intersection)
+    assert {t for t in tmap.teacher_tokens_for(",")} == {",", "▁,"}
+    # A student whose pre-tokenizer keeps punctuation attached: the plain rule, "," is a continuation.
+    plain = TokenMap(teacher, student, split_punctuation=False)
+    assert plain.split_teacher_token(",") == ["##,"] and plain.split_teacher_token("ами,") == ["##ами", "##,"]
+    pairs = {(plain.teacher_tokens[t], plain.student_tokens[s]) for t, s in plain.intersection.tolist()}
+    assert {p for p in pairs if p[1] in (",", "##,")} == {("▁,", ","), (",", "##,")}
+
+
+def test_student_punctuation_rule_is_read_from_its_pre_tokenizer(student_vocab_dir):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    assert splits_punctuation(AutoTokenizer.from_pretrained(student_vocab_dir))  # build-vocab: BertPreTokenizer
+    backend = Tokenizer(models.WordPiece({"[UNK]": 0, ",": 1, "##,": 2}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    student = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    assert not splits_punctuation(student)
+    assert TokenMap.from_tokenizers(_Tok(["<unk>", "▁a", ","], unk="<unk>"), student).split_teacher_token(",") == ["##,"]
+
+
 class _Tok:
     """Just what ``TokenMap.from_tokenizers`` reads from a tokenizer: the vocabulary and the role attributes."""
 
@@ -217,7 +257,8 @@ def test_real_sentencepiece_and_byte_level_tokenizers(student_vocab_dir):
         pieces = tmap.split_teacher_token(token)
         if pieces != ["[UNK]"]:
             assert _rejoin(pieces) == token.removeprefix("▁"), (token, pieces)
-            assert pieces[0].startswith("##") != token.startswith("▁"), (token, pieces)
+            if token.removeprefix("▁")[0].isalnum():  # punctuation always starts a word for a BERT student
+                assert pieces[0].startswith("##") != token.startswith("▁"), (token, pieces)
     covered = sum(tmap.covered[sp.convert_tokens_to_ids(t)] for t in texts)
     assert covered > 0.9 * len(texts)  # the student was built on the same sentences
     assert not tmap.covered[sp.convert_tokens_to_ids("▁")]

@@ -1,14 +1,21 @@
 """Create the DistilBERT student and initialise it from a BERT-family teacher (REFERENCE 2.2).
 
+The teacher is a BERT or DistilBERT encoder with or without a masked-LM head (:func:`load_teacher`), of
+any tokenizer family the token map reads (WordPiece, SentencePiece ``▁``, byte-level ``Ġ``; e.g.
+multilingual-e5-small: a ``BertModel`` with XLM-R's SentencePiece vocabulary). The student is always a
+``DistilBertForMaskedLM`` with the student's WordPiece vocabulary.
+
 What is copied, and how (``--init teacher``):
 
 * **Word embeddings.** Student row ``s`` = mean of the teacher rows of the teacher tokens that map to
   ``s`` (the inverse token map, :attr:`TokenMap.student_to_teacher`: teacher tokens whose greedy split
-  starts with ``s``), reduced to the student width. Special tokens take the teacher's row of the same
-  special token. ``--embedding-sources exact-first`` takes, for a student token spelled identically in
-  the teacher vocabulary, that single teacher row instead. Student tokens no teacher token maps to
-  keep their random initialisation (counted in ``init_report.json``). The MLM output bias is built the
-  same way from the teacher's output bias (the output matrix is tied to the embeddings).
+  starts with ``s``), reduced to the student width. Special tokens take the teacher's row of the special
+  of the same role (``<s>`` for ``[CLS]``). ``--embedding-sources exact-first`` takes, for a student
+  token the teacher has too (same text and word-start flag: ``привет`` ~ ``▁привет``), that teacher row
+  instead. Student tokens no teacher token maps to keep their random initialisation (counted in
+  ``init_report.json``). The MLM output bias is built the same way from the teacher's output bias (the
+  output matrix is tied to the embeddings). A teacher without an MLM head has none: the student's head
+  keeps its own initialisation with a zero output bias (``init_report.json``: ``"mlm_head": "student"``).
 * **Position embeddings** from the teacher, reduced the same way. DistilBERT has no token-type
   embeddings, so the teacher's type-0 embedding (which BERT adds to every single-segment token) is
   folded into the position rows; the student then computes exactly ``word + position (+ type 0)``.
@@ -68,6 +75,8 @@ class InitStudentConfig:
     max_position_embeddings: int = option(512, "Longest sequence the student accepts.")
     init: Literal["teacher", "random"] = option("teacher", "Initialise from the teacher, or randomly (baseline).")
     reduce: Literal["truncate", "pca"] = option("truncate", "How teacher widths are reduced to the student's.")
+    teacher_family: Literal["auto", "wordpiece", "sentencepiece", "byte-level"] = option(
+        "auto", "Teacher tokenizer family for the token map (auto: detected from the teacher tokenizer).")
     embedding_sources: Literal["inverse", "exact-first"] = option(
         "inverse", "Student embedding rows: mean over the inverse token map (paper), or the identically "
         "spelled teacher token when there is one.")
@@ -296,10 +305,17 @@ class Reducer:
         if method == "pca":
             if embeddings is None:
                 raise ValueError("PCA reduction needs the teacher embedding matrix")
-            centred = embeddings - embeddings.mean(axis=0, keepdims=True)  # (vocab, d)
-            # Right singular vectors = principal axes of the embedding cloud.
-            _, _, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
-            self.projection = vt[: self.k].T.astype(np.float32)  # (teacher_dim, k)
+            # Principal axes = eigenvectors of the covariance, accumulated in float64 over row chunks: an
+            # SVD of the centred matrix would hold a float64 copy of it (0.8 GB for e5's 250K x 384 rows).
+            n, d = embeddings.shape
+            gram, total = np.zeros((d, d)), np.zeros(d)
+            for start in range(0, n, 32768):
+                chunk = embeddings[start:start + 32768].astype(np.float64)
+                gram += chunk.T @ chunk
+                total += chunk.sum(axis=0)
+            mean = total / max(n, 1)
+            _, vectors = np.linalg.eigh(gram / max(n, 1) - np.outer(mean, mean))
+            self.projection = vectors[:, ::-1][:, : self.k].astype(np.float32)  # (teacher_dim, k), largest first
 
     def residual(self, x: np.ndarray, axis: int) -> np.ndarray:
         """Reduce ``x`` along a residual-stream axis to ``k`` entries."""
@@ -338,28 +354,34 @@ def _place(target: np.ndarray, value: np.ndarray, rows=None, cols=None) -> np.nd
     return out
 
 
-def embedding_sources(token_map, student_tokenizer, teacher_tokenizer, mode: str) -> list[np.ndarray]:
-    """For each student id, the teacher ids whose rows are averaged into its embedding."""
+def embedding_sources(token_map, student_tokenizer, mode: str) -> list[np.ndarray]:
+    """For each student id, the teacher ids whose rows are averaged into its embedding.
+
+    The inverse token map, except where the token map's intersection has the same token in the teacher
+    (same text and word-start flag in any tokenizer family, or the special of the same role): a student
+    special always takes that teacher row (``<s>`` for ``[CLS]``), and with ``exact-first`` every
+    student token that has one does.
+    """
     sources = [np.asarray(ids, dtype=np.int64) for ids in token_map.student_to_teacher]
-    teacher_vocab = teacher_tokenizer.get_vocab()
-    specials = set(student_tokenizer.all_special_tokens)
-    for token, sid in student_tokenizer.get_vocab().items():
-        if sid >= len(sources):
-            continue
-        if (token in specials or mode == "exact-first") and token in teacher_vocab:
-            sources[sid] = np.asarray([teacher_vocab[token]], dtype=np.int64)
+    specials = set(student_tokenizer.all_special_ids)
+    same: dict[int, list[int]] = {}
+    for t_id, s_id in token_map.intersection.tolist():
+        same.setdefault(s_id, []).append(t_id)
+    for s_id, t_ids in same.items():
+        if s_id < len(sources) and (s_id in specials or mode == "exact-first"):
+            sources[s_id] = np.asarray(t_ids, dtype=np.int64)
     return sources
 
 
-def _mean_rows(matrix: np.ndarray, sources: list[np.ndarray], fallback: np.ndarray) -> tuple[np.ndarray, int]:
-    """Row ``s`` = mean of ``matrix[sources[s]]``; rows without sources keep ``fallback``."""
-    out = fallback.copy()
-    filled = 0
-    for s, ids in enumerate(sources[: out.shape[0]]):
+def _mean_rows(matrix: np.ndarray, sources: list[np.ndarray], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(means, filled)``: row ``s`` = mean of ``matrix[sources[s]]`` where ``filled[s]``, else zero."""
+    out = np.zeros((n_rows, *matrix.shape[1:]), dtype=np.float32)
+    filled = np.zeros(n_rows, dtype=bool)
+    for s, ids in enumerate(sources[:n_rows]):
         ids = ids[ids < matrix.shape[0]]
         if ids.size:
             out[s] = matrix[ids].mean(axis=0)
-            filled += 1
+            filled[s] = True
     return out, filled
 
 
@@ -382,11 +404,15 @@ def initialise_from_teacher(student, teacher: TeacherWeights, sources: list[np.n
         notes.append(f"teacher hidden size {teacher.dim} < student {cfg.dim}: dims {teacher.dim}..{cfg.dim - 1} "
                      "keep their random initialisation")
 
-    # Embeddings: word rows from the token map, positions, LayerNorm.
-    word_t = red.residual(teacher.word, axis=1)  # (teacher_vocab, k)
+    # Embeddings: word rows from the token map, positions, LayerNorm. Rows are averaged in the teacher's
+    # width and reduced afterwards (the mean and both reductions are linear), so a 250K-row teacher
+    # matrix is never copied whole.
     word_s = current["distilbert.embeddings.word_embeddings.weight"]  # (student_vocab, dim)
-    mean_rows, filled = _mean_rows(word_t, sources, word_s[:, : red.k])
-    new["distilbert.embeddings.word_embeddings.weight"] = _place(word_s, mean_rows)
+    means, has_rows = _mean_rows(teacher.word, sources, word_s.shape[0])
+    rows = word_s[:, : red.k].copy()
+    rows[has_rows] = red.residual(means[has_rows], axis=1)
+    filled = int(has_rows.sum())
+    new["distilbert.embeddings.word_embeddings.weight"] = _place(word_s, rows)
     n_pos = min(teacher.position.shape[0], cfg.max_position_embeddings)
     if n_pos < cfg.max_position_embeddings:
         notes.append(f"teacher has {teacher.position.shape[0]} positions < student {cfg.max_position_embeddings}: "
@@ -446,11 +472,22 @@ def initialise_from_teacher(student, teacher: TeacherWeights, sources: list[np.n
         layer_norm("vocab_layer_norm", teacher.head_ln)
     bias_filled = 0
     if teacher.output_bias is not None:
-        bias, bias_filled = _mean_rows(teacher.output_bias[:, None], sources,
-                                       current["vocab_projector.bias"][:, None])
-        new["vocab_projector.bias"] = bias[:, 0]
-    if teacher.head_dense is None or teacher.output_bias is None:
-        notes.append("the teacher checkpoint has no MLM head: the student's head keeps its random initialisation")
+        means, has_rows = _mean_rows(teacher.output_bias, sources, cfg.vocab_size)
+        new["vocab_projector.bias"] = np.where(has_rows, means, current["vocab_projector.bias"])
+        bias_filled = int(has_rows.sum())
+    else:
+        # No teacher logits to copy a prior from: a zero bias, so no token starts out favoured.
+        new["vocab_projector.bias"] = np.zeros_like(current["vocab_projector.bias"])
+    if teacher.head_dense is None and teacher.output_bias is None:
+        mlm_head = "student"
+        notes.append("the teacher has no MLM head: the student's head (vocab_transform, vocab_layer_norm) keeps "
+                     "the student's own initialisation and the vocab_projector bias is zero; the projector "
+                     "matrix is tied to the teacher-initialised embeddings")
+    elif teacher.head_dense is None or teacher.output_bias is None or teacher.head_ln is None:
+        mlm_head = "partial"
+        notes.append("the teacher's MLM head is incomplete: the missing parts keep the student's own initialisation")
+    else:
+        mlm_head = "teacher"
 
     with torch.no_grad():
         for name, value in new.items():
@@ -463,6 +500,7 @@ def initialise_from_teacher(student, teacher: TeacherWeights, sources: list[np.n
         "embedding_rows_from_teacher": filled,
         "embedding_rows_random": cfg.vocab_size - filled,
         "output_bias_rows_from_teacher": bias_filled,
+        "mlm_head": mlm_head,
         "notes": notes,
     }
 
@@ -547,9 +585,10 @@ def init_student(config: InitStudentConfig) -> dict[str, Any]:
 
     report: dict[str, Any] = {"initialisation": {}}
     if config.init == "teacher":
-        token_map = TokenMap.from_tokenizers(teacher_tok, student_tok)
+        family = None if config.teacher_family == "auto" else config.teacher_family
+        token_map = TokenMap.from_tokenizers(teacher_tok, student_tok, family=family)
         report["token_map"] = token_map.stats()
-        sources = embedding_sources(token_map, student_tok, teacher_tok, config.embedding_sources)
+        sources = embedding_sources(token_map, student_tok, config.embedding_sources)
         report["initialisation"] = initialise_from_teacher(student, weights, sources, config.reduce)
     student.eval()
 
@@ -564,6 +603,7 @@ def init_student(config: InitStudentConfig) -> dict[str, Any]:
         "teacher": config.teacher,
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
         "teacher_vocab_size": weights.word.shape[0],
+        "teacher_mlm_head": has_mlm_head(teacher),
         "init": config.init,
         "embedding_sources": config.embedding_sources,
         **report,

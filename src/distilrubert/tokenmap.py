@@ -17,9 +17,12 @@ family             word start                   example -> (surface, word start)
 
 Then the surface is spelled with student pieces by greedy longest-prefix match, the way WordPiece
 itself tokenises a word: a word-start token begins with a word-initial student piece and continues
-with ``##`` pieces; a continuation token uses ``##`` pieces only. A surface that holds a word boundary
-inside (``▁New▁York``, a byte-level token with an inner space) is spelled word by word, each following
-word word-initial. A token with no text at all (the bare ``▁`` of SentencePiece, a bare ``Ġ``: only a
+with ``##`` pieces; a continuation token uses ``##`` pieces only. The surface is cut the way the
+student's own pre-tokenizer cuts text: a word boundary inside (``▁New▁York``, a byte-level token with an
+inner space) starts a new word, and for a BERT student (every ``build-vocab`` one; ``split_punctuation``,
+read from the student tokenizer) each punctuation character is a word of its own and the text after it
+starts a word, so SentencePiece's continuation ``,`` maps to ``,`` (the token the student really sees),
+not to ``##,``. A token with no text at all (the bare ``▁`` of SentencePiece, a bare ``Ġ``: only a
 space marker; the student writes spaces as token boundaries, not tokens) is **uncovered**: it maps to
 ``[UNK]`` with ``covered = False``, which the inverse map, the intersection and the ``reduce`` losses
 ignore. The same holds for a token some part of which has no student piece (a character outside the
@@ -39,9 +42,11 @@ From the split follow:
   the ``reduce`` alignment gathers from, never a dense one-hot matrix.
 * :attr:`TokenMap.student_to_teacher`: for each student id, the teacher ids whose split starts with it
   (the inverse map, used to initialise student embedding rows).
-* :attr:`TokenMap.intersection`: ``(n, 2)`` pairs ``(teacher_id, student_id)`` of the same token: equal
-  surface and equal word-start flag (``▁привет`` ~ ``привет``, ``ами`` ~ ``##ами``), and the specials
-  paired by role (the ``match`` alignment's KL support).
+* :attr:`TokenMap.intersection`: ``(n, 2)`` pairs ``(teacher_id, student_id)`` of the same token: the
+  teacher token is spelled by exactly one student token of the same text, so with the same word-start
+  flag (``▁привет`` ~ ``привет``, ``ами`` ~ ``##ами``; the continuation ``кот`` is not ``кот``), and the
+  specials paired by role; at most one teacher token per student token (``▁,`` rather than ``,`` for
+  ``,``): the ``match`` alignment's KL support.
 
 One dictionary lookup per candidate prefix: the 250,002-piece e5 vocabulary maps in about a second
 (``scripts/bench_tokenmap.py``; the measured figures are in ``docs/tokenmap.md``).
@@ -57,14 +62,15 @@ Example:
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 __all__ = ["CONVENTIONAL_ROLES", "DEFAULT_SPECIALS", "FAMILIES", "TokenMap", "bytes_to_unicode", "detect_family",
-           "detect_family_from_vocab", "greedy_split", "parse_token"]
+           "detect_family_from_vocab", "greedy_split", "parse_token", "splits_punctuation"]
 
 DEFAULT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Student token of each role, and the conventional teacher names of that role (used when no tokenizer
@@ -80,7 +86,7 @@ BYTE_SPACE = "\u0120"  # Ġ, the space byte in GPT-2's alphabet
 _BRACKETED = re.compile(r"^(\[[A-Za-z_]+\d*\]|<[A-Za-z_/]+\d*>)$")
 
 
-@lru_cache(maxsize=1)
+@cache
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table (byte-level BPE vocabularies are written in it).
 
@@ -97,7 +103,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-@lru_cache(maxsize=1)
+@cache
 def _byte_decoder() -> dict[str, int]:
     return {c: b for b, c in bytes_to_unicode().items()}
 
@@ -171,6 +177,25 @@ def detect_family(tokenizer: Any) -> str:
     return detect_family_from_vocab(tokenizer.get_vocab())
 
 
+@cache
+def _is_punctuation(char: str) -> bool:
+    """BERT's punctuation: ASCII punctuation or a Unicode ``P*`` character (what ``BertPreTokenizer`` isolates)."""
+    return (char.isascii() and not char.isalnum() and char.isprintable() and not char.isspace()) or \
+        unicodedata.category(char).startswith("P")
+
+
+def splits_punctuation(tokenizer: Any) -> bool:
+    """Whether a (student) tokenizer's pre-tokenizer isolates punctuation: BERT's, or a ``Punctuation`` step.
+
+    A tokenizer without a readable backend is taken to be a BERT WordPiece one (it isolates punctuation).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.pre_tokenizer is None:
+        return backend is None
+    state = backend.pre_tokenizer.__getstate__()
+    return b'"BertPreTokenizer"' in state or b'"Punctuation"' in state
+
+
 def _greedy(body: str, word_start: bool, student_vocab: Mapping[str, int] | set[str], max_len: int,
             prefix: str) -> list[str] | None:
     """Greedy longest-prefix WordPiece spelling of one word's text (``None`` if a part has no piece)."""
@@ -230,6 +255,8 @@ class TokenMap:
         student_unk: The student's unknown token.
         prefix: The student's (and a WordPiece teacher's) continuation prefix.
         family: The teacher's tokenizer family (:data:`FAMILIES`); ``None`` detects it from the vocabulary.
+        split_punctuation: The student's pre-tokenizer makes every punctuation character a word of its own
+            (BERT's does): spell teacher text the same way (``,`` -> ``,``, never ``##,``).
 
     Attributes:
         family: The teacher's tokenizer family.
@@ -245,13 +272,16 @@ class TokenMap:
 
     def __init__(self, teacher_vocab: Mapping[str, int], student_vocab: Mapping[str, int],
                  teacher_specials: Mapping[str, str] | Iterable[str] = tuple(CONVENTIONAL_ROLES),
-                 student_unk: str = "[UNK]", prefix: str = PREFIX, family: str | None = None) -> None:
+                 student_unk: str = "[UNK]", prefix: str = PREFIX, family: str | None = None,
+                 split_punctuation: bool = True) -> None:
         if student_unk not in student_vocab:
             raise ValueError(f"the student vocabulary has no unknown token {student_unk!r}")
         self.family = family or detect_family_from_vocab(teacher_vocab)
         if self.family not in FAMILIES:
             raise ValueError(f"unknown tokenizer family {self.family!r}; expected one of {', '.join(FAMILIES)}")
         self.prefix = prefix
+        self.split_punctuation = split_punctuation
+        self._boundary = {"sentencepiece": METASPACE, "byte-level": " "}.get(self.family)
         self.student_vocab = dict(student_vocab)
         self.teacher_vocab = dict(teacher_vocab)
         self.student_unk_id = self.student_vocab[student_unk]
@@ -277,12 +307,15 @@ class TokenMap:
         splits: list[list[int]] = []
         covered = np.zeros(n_teacher, dtype=bool)
         word_start = np.zeros(n_teacher, dtype=bool)
-        shared: list[tuple[int, int]] = []
+        # Intersection candidates per student id: (rank, teacher id); rank 0 = the teacher's own flag agrees.
+        shared: dict[int, tuple[int, int]] = {}
         for t_id, token in enumerate(self.teacher_tokens):
             ids, start, same = self._split_ids(token) if token is not None else (None, False, None)
             word_start[t_id] = start
             if same is not None:
-                shared.append((t_id, same))
+                candidate = (same[1], t_id)
+                if same[0] not in shared or candidate < shared[same[0]]:
+                    shared[same[0]] = candidate
             if ids is None:
                 splits.append([self.student_unk_id])
             else:
@@ -304,7 +337,8 @@ class TokenMap:
         order = order[covered[order]]
         bounds = np.searchsorted(first[order], np.arange(n_student + 1))
         self.student_to_teacher = [order[bounds[s]:bounds[s + 1]] for s in range(n_student)]
-        self.intersection = np.asarray(sorted(shared), dtype=np.int64).reshape(-1, 2)
+        pairs = sorted((t_id, s_id) for s_id, (_, t_id) in shared.items())
+        self.intersection = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
     # ---------------------------------------------------------------------------------------------
     @classmethod
@@ -337,34 +371,61 @@ class TokenMap:
             if token not in specials and token in teacher_vocab:
                 specials[token] = CONVENTIONAL_ROLES.get(token, token)
         return cls(teacher_vocab, student_tokenizer.get_vocab(), teacher_specials=specials,
-                   student_unk=student_unk, family=family or detect_family(teacher_tokenizer))
+                   student_unk=student_unk, family=family or detect_family(teacher_tokenizer),
+                   split_punctuation=splits_punctuation(student_tokenizer))
 
     # ---------------------------------------------------------------------------------------------
-    def _split_ids(self, token: str) -> tuple[list[int] | None, bool, int | None]:
-        """``(student ids or None, word start, student id of the same token or None)`` of a teacher token."""
+    def _split_ids(self, token: str) -> tuple[list[int] | None, bool, tuple[int, int] | None]:
+        """``(student ids or None, word start, (student id, rank) of the same token or None)``."""
         if token in self.special_targets or _BRACKETED.match(token):
             # Special and reserved tokens map by role / name or to [UNK], never spelled out.
             target = self.student_vocab.get(self.special_targets.get(token, token))
-            return (None if target is None else [target]), True, target
+            return (None if target is None else [target]), True, (None if target is None else (target, 0))
         parsed = parse_token(token, self.family, self.prefix)
         if parsed is None:
             return None, False, None
         surface, start = parsed
-        boundary = METASPACE if self.family == "sentencepiece" else " " if self.family == "byte-level" else None
-        if boundary is None or boundary not in surface:
-            pieces = _greedy(surface, start, self.student_vocab, self._max_len, self.prefix) if surface else None
-            same = self._student_keys.get(parsed)
-        else:
-            # Several words in one token: each further word starts a word; empty parts are spaces.
-            pieces, same = [], None
-            for k, word in enumerate(surface.split(boundary)):
-                part = _greedy(word, start or k > 0, self.student_vocab, self._max_len, self.prefix)
-                if part is None:
-                    pieces = None
-                    break
-                pieces += part
-            pieces = pieces or None  # only spaces: no text to spell
-        return (None if pieces is None else [self.student_vocab[p] for p in pieces]), start, same
+        pieces: list[str] = []
+        segments = self._segments(surface, start)
+        for text, initial in segments:
+            part = _greedy(text, initial, self.student_vocab, self._max_len, self.prefix)
+            if part is None:
+                return None, start, None
+            pieces += part
+        if not pieces:  # only space markers: no text to spell
+            return None, start, None
+        ids = [self.student_vocab[p] for p in pieces]
+        same = None
+        if len(segments) == 1 and len(ids) == 1:
+            # One student token with the teacher token's text: the same token. Rank 1 when only the
+            # student's punctuation rule made the flags agree ("," ~ "," while "▁," ~ "," ranks first).
+            same = (ids[0], int(segments[0][1] != start))
+        return ids, start, same
+
+    def _segments(self, surface: str, start: bool) -> list[tuple[str, bool]]:
+        """The surface as the student's pre-tokenizer would cut it: ``(text, word start)`` segments.
+
+        A word boundary inside the token (``▁`` or a space) starts a new word; with punctuation
+        isolation (BERT's pre-tokenizer, every ``build-vocab`` student) each punctuation character is a
+        word of its own and the text after it starts a word too.
+        """
+        boundary = self._boundary
+        punct = self.split_punctuation
+        if not (boundary and boundary in surface) and not (punct and any(map(_is_punctuation, surface))):
+            return [(surface, start)] if surface else []
+        segments: list[tuple[str, bool]] = []
+        begin, initial = 0, start
+        for i, char in enumerate(surface):
+            is_boundary = char == boundary
+            if is_boundary or (punct and _is_punctuation(char)):
+                if i > begin:
+                    segments.append((surface[begin:i], initial))
+                if not is_boundary:
+                    segments.append((char, True))
+                begin, initial = i + 1, True
+        if begin < len(surface):
+            segments.append((surface[begin:], initial))
+        return segments
 
     def split_teacher_token(self, token: str) -> list[str]:
         """The student pieces of a teacher token string (``['[UNK]']`` if it cannot be covered).
