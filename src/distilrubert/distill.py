@@ -479,7 +479,7 @@ def distill_span(config: DistillConfig, accelerator: Any, resume_from: Any, stud
                             teacher_pad_id=teacher_tok.pad_token_id or 0, mlm=config.alpha_mlm > 0)
     extra = {"data": {k: v for k, v in units.report.items() if k != "key"}, "alignment": "span",
              "teacher_spec": dataclasses.asdict(spec), "teacher_max_length": teacher_limit}
-    task = RepresentationTask(config, teacher, student, units, spec, extra, span_model_card)
+    task = RepresentationTask(config, teacher, student, units, spec, extra)
     logger.info("distilling %s (%s params) from %s (%s params, %s pooling%s, prompt %r), span alignment, %d texts",
                 config.student, f"{sum(p.numel() for p in student.parameters()):,}", config.teacher,
                 f"{sum(p.numel() for p in teacher.parameters()):,}", spec.pooling,
@@ -487,65 +487,6 @@ def distill_span(config: DistillConfig, accelerator: Any, resume_from: Any, stud
     summary = train(config, task, units, collator, accelerator, resume_from)
     save_final_output("distill", config, task, accelerator, summary)
     return summary
-
-
-def span_model_card(config: DistillConfig, student: Any, info: dict[str, Any]) -> str:
-    """The model card of a student distilled with ``--alignment span``."""
-    cfg = student.config
-    n_params = sum(p.numel() for p in student.parameters())
-    valid = info["validation"][-1] if info.get("validation") else {}
-    first, final = info.get("first_train", {}), info.get("final_train", {})
-    loss_rows = "".join(f"| {k} | {first.get(k, float('nan')):.4f} | {v:.4f} |\n" for k, v in sorted(final.items()))
-    valid_rows = "".join(f"| {k} | {v:.4f} |\n" for k, v in sorted(valid.items()) if k != "step")
-    data, spec = info.get("data", {}), info.get("teacher_spec", {})
-    command = command_line() or f"distill({to_dict(config)})"
-    rows = [
-        ("architecture", f"{cfg.model_type}, {_n_layers(cfg)} layers, hidden {_hidden_size(cfg)}, "
-         f"vocabulary {cfg.vocab_size:,}"),
-        ("parameters", f"{n_params:,}"),
-        ("teacher", f"`{config.teacher}`: sentence embedding = {spec.get('pooling')} pooling of "
-         f"`{spec.get('prompt', '')!r} + text`{', L2-normalised' if spec.get('normalize') else ''}"),
-        ("alignment", "`span` (character-offset groups of both tokenisations)"),
-        ("loss weights", f"sentence {config.alpha_sentence} ({config.sentence_loss}), relation {config.alpha_relation} "
-         f"(T = {config.relation_temperature}), span hidden {config.alpha_hidden} ({config.hidden_loss}, "
-         f"{config.layer_mapping}), MLM {config.alpha_mlm}"),
-        ("student pooling", f"{config.student_pooling} (use the model with this pooling)"),
-        ("data", f"{', '.join(config.corpus)}: {data.get('units', '?')} texts ({data.get('duplicates', 0)} duplicates "
-         f"removed), <= {config.max_length} student tokens; {info.get('train_sequences')} train / "
-         f"{info.get('valid_sequences')} validation"),
-        ("training", f"{info.get('steps')} steps x {config.batch_size} x {config.gradient_accumulation} x "
-         f"{info.get('processes')} processes, lr {config.lr}, {info.get('seconds')} s; teacher forward passes: "
-         f"{info.get('teacher_forward_steps')}"),
-    ]
-    table = "".join(f"| {k} | {v} |\n" for k, v in rows)
-    return f"""{card_front_matter("knowledge-distillation", "sentence-similarity")}
-# {Path(config.output).name}
-
-A student distilled by `distilrubert distill --alignment span` from `{config.teacher}`.
-
-| | |
-|---|---|
-{table}
-## Training losses (first and last logged step)
-
-| loss | first | last |
-|---|---|---|
-{loss_rows}
-## Final validation
-
-| metric | value |
-|---|---|
-{valid_rows}
-## Usage
-
-```python
-from distilrubert import Encoder
-encoder = Encoder.from_pretrained("{Path(config.output).name}")
-vectors = encoder.encode(["Привет, как дела?"], pooling="{config.student_pooling}", normalize=True)
-```
-
-Reproduce: `{command}`
-"""
 
 
 def distill(config: DistillConfig) -> dict[str, Any]:

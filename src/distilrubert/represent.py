@@ -37,7 +37,7 @@ from distilrubert.losses import hidden_loss, mlm_loss, relation_loss, sentence_l
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RepresentationModule", "RepresentationTask", "TextCollator", "pool_states"]
+__all__ = ["RepresentationModule", "RepresentationTask", "TextCollator", "pool_states", "span_model_card"]
 
 
 def pool_states(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -156,7 +156,7 @@ class RepresentationTask:
     """What the shared loop needs (module, setup, step losses, validation, saving) for a representation teacher."""
 
     def __init__(self, config: Any, teacher: Any, student: Any, units: Any, spec: Any, extra_info: dict[str, Any],
-                 card: Any) -> None:
+                 card: Any = None) -> None:
         from distilrubert.losses import layer_pairs
 
         self.config = config
@@ -164,7 +164,7 @@ class RepresentationTask:
         self.units = units
         self.spec = spec
         self.extra_info = extra_info
-        self.card = card
+        self.card = card or span_model_card
         t_cfg = teacher.config
         n_teacher = int(getattr(t_cfg, "num_hidden_layers", None) or t_cfg.n_layers)
         n_student = int(getattr(student.config, "num_hidden_layers", None) or student.config.n_layers)
@@ -288,3 +288,67 @@ class RepresentationTask:
         info = {**self.extra_info, **summary}
         write_json(directory / "train_report.json", info)
         (directory / "README.md").write_text(self.card(self.config, module.student, info), encoding="utf-8")
+
+
+def span_model_card(config: Any, student: Any, info: dict[str, Any]) -> str:
+    """The model card of a student distilled with ``--alignment span``."""
+    from distilrubert.config import to_dict
+    from distilrubert.runinfo import command_line
+    from distilrubert.student_init import card_front_matter
+
+    cfg = student.config
+    n_params = sum(p.numel() for p in student.parameters())
+    valid = info["validation"][-1] if info.get("validation") else {}
+    first, final = info.get("first_train", {}), info.get("final_train", {})
+    loss_rows = "".join(f"| {k} | {first.get(k, float('nan')):.4f} | {v:.4f} |\n" for k, v in sorted(final.items()))
+    valid_rows = "".join(f"| {k} | {v:.4f} |\n" for k, v in sorted(valid.items()) if k != "step")
+    data, spec = info.get("data", {}), info.get("teacher_spec", {})
+    command = command_line() or f"distill({to_dict(config)})"
+    layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layers)
+    width = int(getattr(cfg, "hidden_size", None) or cfg.dim)
+    rows = [
+        ("architecture", f"{cfg.model_type}, {layers} layers, hidden {width}, vocabulary {cfg.vocab_size:,}"),
+        ("parameters", f"{n_params:,}"),
+        ("teacher", f"`{config.teacher}`: sentence embedding = {spec.get('pooling')} pooling of "
+         f"`{spec.get('prompt', '')!r} + text`{', L2-normalised' if spec.get('normalize') else ''}"),
+        ("alignment", "`span` (character-offset groups of both tokenisations)"),
+        ("loss weights", f"sentence {config.alpha_sentence} ({config.sentence_loss}), relation {config.alpha_relation} "
+         f"(T = {config.relation_temperature}), span hidden {config.alpha_hidden} ({config.hidden_loss}, "
+         f"{config.layer_mapping}), MLM {config.alpha_mlm}"),
+        ("student pooling", f"{config.student_pooling} (use the model with this pooling)"),
+        ("data", f"{', '.join(config.corpus)}: {data.get('units', '?')} texts ({data.get('duplicates', 0)} duplicates "
+         f"removed), <= {config.max_length} student tokens; {info.get('train_sequences')} train / "
+         f"{info.get('valid_sequences')} validation"),
+        ("training", f"{info.get('steps')} steps x {config.batch_size} x {config.gradient_accumulation} x "
+         f"{info.get('processes')} processes, lr {config.lr}, {info.get('seconds')} s; teacher forward passes: "
+         f"{info.get('teacher_forward_steps')}"),
+    ]
+    table = "".join(f"| {k} | {v} |\n" for k, v in rows)
+    return f"""{card_front_matter("knowledge-distillation", "sentence-similarity")}
+# {Path(config.output).name}
+
+A student distilled by `distilrubert distill --alignment span` from `{config.teacher}`.
+
+| | |
+|---|---|
+{table}
+## Training losses (first and last logged step)
+
+| loss | first | last |
+|---|---|---|
+{loss_rows}
+## Final validation
+
+| metric | value |
+|---|---|
+{valid_rows}
+## Usage
+
+```python
+from distilrubert import Encoder
+encoder = Encoder.from_pretrained("{Path(config.output).name}")
+vectors = encoder.encode(["Привет, как дела?"], pooling="{config.student_pooling}", normalize=True)
+```
+
+Reproduce: `{command}`
+"""
