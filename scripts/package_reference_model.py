@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", required=True, help="Model card title.")
     parser.add_argument("--eval", default=None, help="`distilrubert evaluate` JSON of this model.")
     parser.add_argument("--notes", default="", help="Extra paragraph for the model card (markdown).")
+    parser.add_argument("--before", nargs="*", default=[],
+                        help="Output directories of the steps that made the model's inputs (import-teacher, "
+                        "build-vocab, init-student), in order: their run.json commands precede the training command.")
+    parser.add_argument("--data", default="the embedded sample corpus `data/sample_corpus.jsonl.gz` (sources and "
+                        "licenses in `data/README.md`)", help="What the model was trained on (markdown).")
     parser.add_argument("--models-dir", default=str(ROOT / "models"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
@@ -47,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     config = json.loads((target / "config.json").read_text(encoding="utf-8"))
     argv_ = run.get("argv") or []
     command = "distilrubert " + shlex.join(argv_[1:]) if argv_ else "(called from Python)"
+    for step in reversed(args.before):
+        step_argv = json.loads((Path(step) / "run.json").read_text(encoding="utf-8")).get("argv") or []
+        command = ("distilrubert " + shlex.join(step_argv[1:]) if step_argv else f"({step})") + "\n" + command
     valid = (report.get("validation") or [{}])[-1]
     lines = ["---", "language:", "- ru", "library_name: transformers", "pipeline_tag: fill-mask", "---", "",
              f"# {args.title}", "",
@@ -61,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{report.get('seconds', 0) / 60:.0f} min wall-clock (the machine was shared with other work), "
              f"{report.get('train_sequences', 0):,} training / {report.get('valid_sequences', 0):,} held-out "
              "sequences.",
-             "- data: the embedded sample corpus `data/sample_corpus.jsonl.gz` (fortunes-ru, Russian Debian / "
-             "LibreOffice documentation, OpenSubtitles top sentences; sources and licenses in `data/README.md`).",
+             f"- data: {args.data}.",
              "", "## Metrics", "",
              "Final held-out figures: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(valid.items())
                                                      if k != "step" and isinstance(v, float)) + "."]
