@@ -324,8 +324,10 @@ def save_tokenizer(tok, f: E5File, out: Path) -> None:
     fast.save_pretrained(str(out))
     config_path = out / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    # XLMRobertaTokenizer(Fast) reads tokenizer.json on both majors; "TokenizersBackend" exists only in 5.x.
-    config["tokenizer_class"] = "XLMRobertaTokenizer"
+    # PreTrainedTokenizerFast reads tokenizer.json as it is on transformers 4.x and 5.x ("TokenizersBackend"
+    # exists only in 5.x; 5.x's XLMRobertaTokenizer replaces the normaliser with the bare charsmap and so loses
+    # the NFC step: "и" + U+0306 stayed two characters).
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
     write_json(config_path, config)
 
 
