@@ -275,3 +275,19 @@ def test_evaluate_cli_prompts_of_model_and_teacher(prompted_student, tiny_studen
         with pytest.raises(SystemExit):  # config errors: argparse's one-line usage error, before any model loads
             main(["evaluate", *argv, "--data-dir", str(data), "--output", str(out)])
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_read_teacher_spec_shares_the_prompt_file_reader(prompted_student):
+    from distilrubert.teacher_spec import read_teacher_spec
+
+    (prompted_student / "1_Pooling").mkdir()
+    (prompted_student / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (prompted_student / "modules.json").write_text(json.dumps(
+        [{"path": "", "type": "sentence_transformers.models.Transformer"},
+         {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+         {"path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    spec = read_teacher_spec(str(prompted_student))  # distill's default: the file's default_prompt_name
+    assert (spec.pooling, spec.normalize, spec.prompt) == ("cls", True, "Москва: ")
+    assert read_teacher_spec(str(prompted_student), "query").prompt == "Привет: "
+    with pytest.raises(ValueError, match=r"--teacher-prompt-name: 'title' is not one of the model's prompts"):
+        read_teacher_spec(str(prompted_student), "title")
