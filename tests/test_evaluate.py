@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from distilrubert.evaluate import (
     probe_accuracy,
     probe_auc,
     probe_ner,
+    resolve_prompt,
 )
 
 from .conftest import SENTENCES
@@ -203,3 +205,89 @@ def test_evaluate_bad_file_names_file_and_line(tiny_student_dir, tmp_path, capsy
                  "--output", str(tmp_path / "e.json"), "--tasks", "PI"])
     assert code == 1
     assert "para_gold.csv:1: missing column(s) class" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- prompts (e5-style models)
+
+PROMPTS = {"query": "Привет: ", "passage": "Москва: "}  # words the tiny vocabulary knows, not [UNK]
+
+
+@pytest.fixture
+def prompted_student(tiny_student) -> Path:
+    """The tiny student with the sentence-transformers prompt file an imported e5 teacher has."""
+    (tiny_student / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": PROMPTS, "default_prompt_name": "passage"}), encoding="utf-8")
+    return tiny_student
+
+
+def test_resolve_prompt_defaults_and_names(tiny_student_dir, prompted_student):
+    assert resolve_prompt(str(tiny_student_dir), None, None) == ("", "none (no config_sentence_transformers.json)")
+    prompt, source = resolve_prompt(str(prompted_student), None, None)
+    assert prompt == "Привет: " and "'query'" in source  # query beats the file's default_prompt_name (passage)
+    assert resolve_prompt(str(prompted_student), None, "passage")[0] == "Москва: "
+    assert resolve_prompt(str(prompted_student), "", None) == ("", "--prompt")  # '' forces no prompt
+    with pytest.raises(ValueError, match=r"--prompt-name: 'title' is not one of the model's prompts \['passage'"):
+        resolve_prompt(str(prompted_student), None, "title")
+    with pytest.raises(ValueError, match=r"--teacher-prompt-name query: .* does not exist"):
+        resolve_prompt(str(tiny_student_dir), None, "query", "--teacher")
+    # Without a query prompt the file's default prompt is the default.
+    (prompted_student / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"passage": "Москва: "}, "default_prompt_name": "passage"}), encoding="utf-8")
+    assert resolve_prompt(str(prompted_student), None, None)[0] == "Москва: "
+
+
+def test_embedder_prompt_is_read_before_every_text(tiny_student_dir):
+    plain = ProbeEmbedder(str(tiny_student_dir), device="cpu", batch_size=3)
+    prompted = ProbeEmbedder(str(tiny_student_dir), device="cpu", batch_size=3, prompt="Привет: ")
+    texts = [SENTENCES[3], SENTENCES[9], SENTENCES[1]]
+    with_prompt = prompted.sentence_variants(texts)
+    by_hand = plain.sentence_variants(["Привет: " + t for t in texts])
+    for key in with_prompt:
+        np.testing.assert_allclose(with_prompt[key], by_hand[key], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(with_prompt["mean"], plain.sentence_variants(texts)["mean"], atol=1e-3)
+    # NER: the prompt's words lead each word list and are dropped from the output.
+    words = [["Кошка", "спит", "."], ["Да"]]
+    vectors = prompted.word_vectors(words)
+    assert [v.shape for v in vectors] == [(3, 16), (1, 16)]
+    lead = plain.word_vectors([["Привет:", *w] for w in words])
+    for got, full in zip(vectors, lead, strict=True):
+        np.testing.assert_allclose(got, full[1:], rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_cli_prompts_of_model_and_teacher(prompted_student, tiny_student_dir, tmp_path, capsys):
+    data = _data_dir(tmp_path)
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--model", str(prompted_student), "--data-dir", str(data), "--output", str(out),
+                 "--tasks", "PI", "--no-speed", "--teacher", str(prompted_student),
+                 "--teacher-prompt-name", "passage"]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"]["prompt"] == "Привет: " and report["teacher"]["prompt"] == "Москва: "
+    assert report["run"]["config"]["teacher_prompt_name"] == "passage"
+    assert "teacher prompt: 'Москва: ' (--teacher-prompt-name passage)" in capsys.readouterr().out
+    # Same weights, different prompts: the scores differ, so the prompt reached the teacher's probes.
+    assert report["model"]["tasks"]["PI"]["variants"] != report["teacher"]["tasks"]["PI"]["variants"]
+    for argv, message in (
+            (["--model", str(tiny_student_dir), "--prompt-name", "query"], "--prompt-name query: .* does not exist"),
+            (["--model", str(tiny_student_dir), "--teacher-prompt", "x"], "--teacher-prompt / --teacher-prompt-name "
+                                                                          "need --teacher"),
+            (["--model", str(prompted_student), "--prompt", "a", "--prompt-name", "query"],
+             "--prompt and --prompt-name exclude each other")):
+        with pytest.raises(SystemExit):  # config errors: argparse's one-line usage error, before any model loads
+            main(["evaluate", *argv, "--data-dir", str(data), "--output", str(out)])
+        assert re.search(message, capsys.readouterr().err)
+
+
+def test_read_teacher_spec_shares_the_prompt_file_reader(prompted_student):
+    from distilrubert.teacher_spec import read_teacher_spec
+
+    (prompted_student / "1_Pooling").mkdir()
+    (prompted_student / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (prompted_student / "modules.json").write_text(json.dumps(
+        [{"path": "", "type": "sentence_transformers.models.Transformer"},
+         {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+         {"path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    spec = read_teacher_spec(str(prompted_student))  # distill's default: the file's default_prompt_name
+    assert (spec.pooling, spec.normalize, spec.prompt) == ("cls", True, "Москва: ")
+    assert read_teacher_spec(str(prompted_student), "query").prompt == "Привет: "
+    with pytest.raises(ValueError, match=r"--teacher-prompt-name: 'title' is not one of the model's prompts"):
+        read_teacher_spec(str(prompted_student), "title")

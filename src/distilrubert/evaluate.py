@@ -23,6 +23,13 @@ a markdown table in encodechka's column layout (next to the published rows of pe
 measured on other hardware) is printed and written next to the JSON. ``--teacher DIR`` runs the same
 suite on the teacher and reports retention = student score / teacher score per task.
 
+Prompts: ``--prompt TEXT`` is put before every input text (sentences, the NER texts' words, the timed
+texts); ``--prompt-name NAME`` takes it from the model's ``config_sentence_transformers.json``. Default:
+no prompt for a model without that file; for a model with it, its ``query`` prompt when it has one (e5's
+authors embed both sides of symmetric tasks — classification, STS, paraphrase — as queries), else its
+``default_prompt_name``'s. ``--prompt ""`` forces none. ``--teacher-prompt`` / ``--teacher-prompt-name``
+do the same for ``--teacher``. The prompt used is recorded per model in the JSON.
+
 Embedding is batched and length-sorted (texts of similar length share a batch, so padding is small),
 with a progress bar; the per-text CPU timing is separate, as encodechka measures it.
 """
@@ -83,6 +90,13 @@ class EvaluateConfig:
     threads: int = option(1, "CPU threads for torch (0: torch's default). One thread keeps per-text timings "
                           "stable on a shared machine.")
     trust_remote_code: bool = option(False, "Allow custom model code in --model/--teacher (off: safe default).")
+    prompt: str | None = option(None, "Text put before every input text (e5: 'query: '). Default: see "
+                                "--prompt-name; '' for none.", metavar="TEXT")
+    prompt_name: str | None = option(None, "Prompt named in the model's config_sentence_transformers.json "
+                                     "(query, passage). Default: its 'query' prompt, else its default prompt; "
+                                     "no prompt without that file.", metavar="NAME")
+    teacher_prompt: str | None = option(None, "--prompt for --teacher.", metavar="TEXT")
+    teacher_prompt_name: str | None = option(None, "--prompt-name for --teacher.", metavar="NAME")
 
     def __post_init__(self) -> None:
         if self.threads < 0:
@@ -91,6 +105,15 @@ class EvaluateConfig:
             value = getattr(self, name)
             if value is not None and not Path(value).is_dir():
                 raise ValueError(f"--{name} {value}: no such directory")
+        for side in ("", "teacher_"):
+            if getattr(self, f"{side}prompt") is not None and getattr(self, f"{side}prompt_name") is not None:
+                flag = f"--{side.replace('_', '-')}prompt"
+                raise ValueError(f"{flag} and {flag}-name exclude each other")
+        if self.teacher is None and (self.teacher_prompt is not None or self.teacher_prompt_name is not None):
+            raise ValueError("--teacher-prompt / --teacher-prompt-name need --teacher")
+        resolve_prompt(self.model, self.prompt, self.prompt_name)  # a bad prompt name fails now, not after a suite
+        if self.teacher is not None:
+            resolve_prompt(self.teacher, self.teacher_prompt, self.teacher_prompt_name, "--teacher")
         if self.suite == "encodechka" and not Path(self.data_dir).is_dir():
             raise ValueError(f"--data-dir {self.data_dir}: no such directory")
         if self.batch_size < 1:
@@ -124,7 +147,7 @@ class ProbeEmbedder:
     """
 
     def __init__(self, model_dir: str, device: str = "auto", batch_size: int = 64, max_length: int = 128,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, prompt: str = ""):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -132,7 +155,7 @@ class ProbeEmbedder:
                                    ("cpu" if device == "auto" else device))
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code).to(self.device).eval()
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length, self.prompt = batch_size, max_length, prompt
         positions = getattr(self.model.config, "max_position_embeddings", None) or 512
         self.position_limit = int(positions)
         self.dim = int(getattr(self.model.config, "hidden_size", None) or self.model.config.dim)
@@ -148,6 +171,7 @@ class ProbeEmbedder:
         import torch
         from tqdm.auto import tqdm
 
+        texts = [self.prompt + t for t in texts]
         unique = sorted(set(texts), key=len)  # length-sorted, duplicates embedded once
         index = {t: i for i, t in enumerate(unique)}
         cls = np.zeros((len(unique), self.dim), dtype=np.float32)
@@ -170,17 +194,21 @@ class ProbeEmbedder:
 
     def word_vectors(self, sentences: Sequence[Sequence[str]], max_length: int = 512,
                      desc: str = "words") -> list[np.ndarray]:
-        """Per sentence a ``(n_words, dim)`` array: the mean of each word's pieces (zeros if it has none)."""
+        """Per sentence a ``(n_words, dim)`` array: the mean of each word's pieces (zeros if it has none).
+
+        The prompt's words lead every word list (so the encoder reads ``prompt + text``) and are dropped.
+        """
         import torch
         from tqdm.auto import tqdm
 
         max_length = min(max_length, self.position_limit)
+        lead = self.prompt.split()
         order = sorted(range(len(sentences)), key=lambda i: sum(len(w) for w in sentences[i]))
         result: list[np.ndarray] = [np.zeros((0, self.dim), np.float32)] * len(sentences)
         with torch.inference_mode():
             for begin in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch", leave=False):
                 idx = order[begin:begin + self.batch_size]
-                batch = [list(sentences[i]) for i in idx]
+                batch = [lead + list(sentences[i]) for i in idx]
                 enc = self.tokenizer(batch, is_split_into_words=True, padding=True, truncation=True,
                                      max_length=max_length, return_tensors="pt")
                 hidden = self.model(**self._inputs(enc)).last_hidden_state.float().cpu().numpy()  # (b, seq, dim)
@@ -188,9 +216,9 @@ class ProbeEmbedder:
                     vectors = np.zeros((len(sentences[i]), self.dim), dtype=np.float32)
                     counts = np.zeros(len(sentences[i]), dtype=np.float32)
                     for position, word in enumerate(enc.word_ids(row)):
-                        if word is not None:
-                            vectors[word] += hidden[row, position]
-                            counts[word] += 1
+                        if word is not None and word >= len(lead):
+                            vectors[word - len(lead)] += hidden[row, position]
+                            counts[word - len(lead)] += 1
                     result[i] = vectors / np.maximum(counts, 1)[:, None]
         return result
 
@@ -202,7 +230,8 @@ class ProbeEmbedder:
             self.sentence_variants(list(texts[:5]), desc="warm-up")
             start = time.perf_counter()
             for text in texts:
-                enc = self.tokenizer(text, truncation=True, max_length=min(self.max_length, self.position_limit),
+                enc = self.tokenizer(self.prompt + text, truncation=True,
+                                     max_length=min(self.max_length, self.position_limit),
                                      return_tensors="pt")
                 _ = self.model(**self._inputs(enc)).last_hidden_state[:, 0].cpu().numpy()
         return (time.perf_counter() - start) / max(len(texts), 1) * 1000.0
@@ -469,11 +498,38 @@ def _suite_files(config: EvaluateConfig) -> tuple[tuple[TaskSpec, ...], Path, li
     return TASKS, Path(config.data_dir), None
 
 
+def resolve_prompt(model_dir: str, prompt: str | None, prompt_name: str | None,
+                   flag: str = "--model") -> tuple[str, str]:
+    """``(prompt, where it came from)`` by the rules in the module docstring; ``flag`` names the side."""
+    from distilrubert.teacher_spec import prompt_by_name, read_prompts
+
+    side = "--teacher-" if flag == "--teacher" else "--"
+    if prompt is not None:
+        return prompt, f"{side}prompt"
+    if prompt_name is not None:
+        return prompt_by_name(model_dir, prompt_name, flag, f"{side}prompt-name"), f"{side}prompt-name {prompt_name}"
+    found = read_prompts(model_dir, flag)
+    if found is None:
+        return "", "none (no config_sentence_transformers.json)"
+    prompts, default_name = found
+    # e5's convention: symmetric tasks (all the probes here) embed every text as a query.
+    for name, why in (("query", "symmetric tasks"), (default_name, "the model's default_prompt_name")):
+        if name in prompts:
+            return prompts[name], f"{name!r} of config_sentence_transformers.json ({why})"
+    return "", "none (config_sentence_transformers.json has no query or default prompt)"
+
+
 def run_suite(model_dir: str, config: EvaluateConfig, label: str = "model") -> dict[str, Any]:
     """Every available task of the suite on one encoder: per task its best score and all variants."""
     tasks, data_dir, speed_texts = _suite_files(config)
-    embedder = ProbeEmbedder(model_dir, config.device, config.batch_size, config.max_length, config.trust_remote_code)
-    results: dict[str, Any] = {"model": str(model_dir), "suite": config.suite, "tasks": {}, "skipped": {}}
+    side = "teacher_" if label == "teacher" else ""
+    prompt, prompt_source = resolve_prompt(model_dir, getattr(config, f"{side}prompt"),
+                                           getattr(config, f"{side}prompt_name"), "--" + (side[:-1] or "model"))
+    logger.info("%s prompt: %r (%s)", label, prompt, prompt_source)
+    embedder = ProbeEmbedder(model_dir, config.device, config.batch_size, config.max_length, config.trust_remote_code,
+                             prompt)
+    results: dict[str, Any] = {"model": str(model_dir), "suite": config.suite, "prompt": prompt,
+                               "prompt_source": prompt_source, "tasks": {}, "skipped": {}}
     wanted = config.tasks or [*TABLE_COLUMNS, *BUILTIN_COLUMNS, "CPU"]
     for spec in tasks:
         if spec.code not in wanted:
@@ -575,6 +631,9 @@ def run(config: EvaluateConfig) -> int:
     report = evaluate(config)
     for message in report["model"]["skipped"].values():
         print(message)
+    for side in ("model", "teacher"):
+        if side in report:
+            print(f"{side} prompt: {report[side]['prompt']!r} ({report[side]['prompt_source']})")
     print(report["table_markdown"])
     if "retention" in report:
         parts = [f"{code} {value:.1%}" for code, value in report["retention"].items()]

@@ -17,7 +17,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TeacherSpec", "read_teacher_spec"]
+__all__ = ["TeacherSpec", "prompt_by_name", "read_prompts", "read_teacher_spec"]
 
 _POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
                  "pooling_mode_max_tokens": "max"}
@@ -34,11 +34,35 @@ class TeacherSpec:
     source: str = "default"
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, flag: str = "--teacher") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"--teacher: {path} is not valid JSON ({err})") from err
+        raise ValueError(f"{flag}: {path} is not valid JSON ({err})") from err
+
+
+def read_prompts(model: str, flag: str = "--teacher") -> tuple[dict[str, str], str | None] | None:
+    """``(prompts, default_prompt_name)`` of ``config_sentence_transformers.json`` in a local model
+    directory, or None when it has no such file (a plain transformers directory or a Hub id)."""
+    st_file = Path(model) / "config_sentence_transformers.json"
+    if not st_file.is_file():
+        return None
+    st = _read_json(st_file, flag)
+    prompts = st.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ValueError(f"{flag}: {st_file}: 'prompts' must map names to strings")
+    return {str(k): v for k, v in prompts.items()}, st.get("default_prompt_name")
+
+
+def prompt_by_name(model: str, name: str, flag: str = "--teacher", name_flag: str = "--teacher-prompt-name") -> str:
+    """The prompt called ``name`` in the model's ``config_sentence_transformers.json``; errors name the flag."""
+    found = read_prompts(model, flag)
+    st_file = Path(model) / "config_sentence_transformers.json"
+    if found is None:
+        raise ValueError(f"{name_flag} {name}: {st_file} does not exist (the model records no prompts)")
+    if name not in found[0]:
+        raise ValueError(f"{name_flag}: {name!r} is not one of the model's prompts {sorted(found[0])} ({st_file})")
+    return found[0][name]
 
 
 def read_teacher_spec(teacher: str, prompt_name: str | None = None) -> TeacherSpec:
@@ -62,14 +86,9 @@ def read_teacher_spec(teacher: str, prompt_name: str | None = None) -> TeacherSp
                                  f"{', '.join(_POOLING_KEYS)} (found {modes or 'none'})")
             pooling = modes[0]
     prompt = ""
-    st_file = path / "config_sentence_transformers.json"
-    if st_file.is_file():
-        st = _read_json(st_file)
-        prompts = st.get("prompts") or {}
-        name = prompt_name or st.get("default_prompt_name")
+    found = read_prompts(teacher)
+    if found is not None:
+        name = prompt_name or found[1]
         if name:
-            if name not in prompts:
-                raise ValueError(f"--teacher-prompt-name: {name!r} is not one of the teacher's prompts "
-                                 f"{sorted(prompts)} ({st_file})")
-            prompt = prompts[name]
+            prompt = prompt_by_name(teacher, name)
     return TeacherSpec(pooling, normalize, prompt, str(path))
