@@ -9,12 +9,14 @@ the same seeded, length-grouped order). What the loop does:
   validation loss), gradient clipping, gradient accumulation, mixed precision (``auto``: bf16/fp16 on
   a GPU, fp32 on the CPU).
 * Checkpoints every ``--save-every`` steps into ``OUTPUT/checkpoints/step-N`` (written to a temporary
-  directory and renamed, so a kill never leaves a half checkpoint), the last ``--keep-checkpoints``
-  kept. A checkpoint holds the model, optimizer, scheduler, every process's RNG states
-  (``accelerator.save_state``) and the data position (epoch, batch).
-* Resume (automatic when the output directory holds a checkpoint): all of the above is restored and
-  the masks depend only on ``(seed, step)``, so a run killed with SIGKILL and resumed ends with the
-  same weights as an uninterrupted one (CPU; tested).
+  directory, fsynced, its manifest last, and renamed, so a kill never leaves a half checkpoint), the last
+  ``--keep-checkpoints`` kept. A checkpoint holds the model, optimizer, scheduler, every process's RNG
+  states and the data position (epoch, batch), as safetensors and JSON only
+  (:mod:`distilrubert.checkpoint`: no pickles, so resuming never runs code from a checkpoint).
+* Resume (automatic when the output directory holds a checkpoint): the newest checkpoint that matches
+  its manifest (older ones are tried with a warning) is restored; the masks depend only on
+  ``(seed, step)``, so a run killed with SIGKILL and resumed ends with the same weights as an
+  uninterrupted one (CPU; tested).
 * A NaN/inf loss stops the run before the optimizer step with an error naming the last good
   checkpoint (which stays on disk).
 * Validation every ``--eval-every`` steps on the held-out sequences; metrics to ``metrics.jsonl``
@@ -29,7 +31,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import time
@@ -40,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from distilrubert import checkpoint as ckpt
 from distilrubert.config import option
 from distilrubert.runinfo import check_replaceable, write_json
 
@@ -48,7 +50,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["TrainOptions", "TrainingDivergedError", "latest_checkpoint", "make_scheduler", "train", "tune_malloc"]
 
 CHECKPOINTS = "checkpoints"
-_CKPT = re.compile(r"^step-(\d+)$")
+_CKPT = ckpt.STEP_DIR
 # Test hook: SIGKILL the process itself right after this optimizer step (used by the resume test).
 KILL_ENV = "DISTILRUBERT_TEST_SIGKILL_AT_STEP"
 
@@ -122,13 +124,9 @@ class TrainOptions:
 
 
 def latest_checkpoint(output: str | Path) -> Path | None:
-    """The newest complete checkpoint directory under ``OUTPUT/checkpoints``, if any."""
-    root = Path(output) / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT.match(p.name)) and
-             (p / "trainer_state.json").is_file()]
-    return max(found)[1] if found else None
+    """The newest checkpoint directory under ``OUTPUT/checkpoints`` (verified or not), if any."""
+    found = ckpt.step_dirs(Path(output))
+    return found[0] if found else None
 
 
 def prepare_output(options: TrainOptions, main: bool = True) -> Path | None:
@@ -150,7 +148,7 @@ def prepare_output(options: TrainOptions, main: bool = True) -> Path | None:
         raise FileExistsError(f"--output {output} already holds a finished run (pass --overwrite to replace it)")
     if latest is not None:
         if options.resume:
-            return latest
+            return ckpt.select_checkpoint(output, warn=main)
         raise FileExistsError(f"--output {output} holds checkpoints; pass --resume to continue or --overwrite")
     if output.is_dir() and any(p.name not in (CHECKPOINTS, "metrics.jsonl") for p in output.iterdir()):
         raise FileExistsError(f"--output {output} already exists and is not empty (pass --overwrite to replace it)")
@@ -359,15 +357,15 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
     scheduler = make_scheduler(options, optimizer)
     if accelerator.device.type == "cpu":
         tune_malloc()
-    model, optimizer = accelerator.prepare(task.module, optimizer)
     # The scheduler is not prepared (accelerate would step it once per process); it is checkpointed.
-    accelerator.register_for_checkpointing(scheduler)
+    model, optimizer = accelerator.prepare(task.module, optimizer)
     task.setup(accelerator)
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed": 0.0}
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed": 0.0}
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state.update(json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8")))
+        state.update(ckpt.load_checkpoint(
+            resume_from, rank=rank, device=accelerator.device, module=accelerator.unwrap_model(model),
+            optimizer=optimizer, scheduler=scheduler, scaler=accelerator.scaler))
         logger.info("resumed from %s (step %d)", resume_from, state["step"])
     metrics = _Metrics(output, main, state["step"] if resume_from is not None else None, options.tensorboard)
 
@@ -413,15 +411,19 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         if main:
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        ckpt.write_checkpoint(tmp, main=main, rank=rank, device_type=accelerator.device.type,
+                              module=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
+                              scaler=accelerator.scaler, state=state)
         accelerator.wait_for_everyone()
         if main:
-            write_json(tmp / "trainer_state.json", state)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            ckpt.publish(tmp, final)
             done = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT.match(p.name)))
-            for _, old in done[:-options.keep_checkpoints]:
+            # Newer ones are left from before a resume that fell back past them (corrupt): this run
+            # rewrites those steps, and they must not push good checkpoints out of --keep-checkpoints.
+            stale = [p for n, p in done if n > state["step"]]
+            for old in stale + [p for n, p in done if n <= state["step"]][:-options.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
         return final
