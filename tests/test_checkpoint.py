@@ -1,4 +1,4 @@
-"""Training checkpoints: no pickles run at resume, a corrupt newest checkpoint falls back."""
+"""Training checkpoints: no pickles run at resume, a corrupt newest checkpoint falls back, a changed run is refused."""
 
 from __future__ import annotations
 
@@ -119,3 +119,26 @@ def test_a_checkpoint_left_corrupt_is_dropped_not_kept_instead_of_good_ones(run)
     assert resume("--max-steps", "5", "--save-every", "1", "--keep-checkpoints", "1") == 0
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000005"]
     assert select_checkpoint(out) == out / "checkpoints" / "step-00000005"
+
+
+def test_a_changed_run_is_refused_unless_forced(run, capsys, caplog):
+    out, resume = run
+    assert resume("--lr", "1e-2", "--seed", "7") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "other settings: lr 0.003 -> 0.01, seed 42 -> 7 (pass --force-resume" in err[0]
+    assert not (out / "run.json").exists()
+    with caplog.at_level(logging.INFO):
+        assert resume("--lr", "1e-2", "--seed", "7", "--force-resume") == 0
+    assert any("--force-resume" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    info = json.loads((out / "run.json").read_text())
+    assert info["forced_resumes"] == [{"step": 6, "from": str(out / "checkpoints" / STEPS[-1]),
+                                       "differences": {"lr": [0.003, 0.01], "seed": [42, 7]}}]
+
+
+def test_run_control_options_may_change_at_resume(run):
+    out, resume = run
+    # --max-steps / --save-every / --log-every steer the run without defining it: no refusal, nothing forced.
+    assert resume("--max-steps", "8", "--save-every", "4", "--log-every", "3") == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["steps"] == 8 and "forced_resumes" not in info

@@ -8,7 +8,8 @@ A checkpoint is only safetensors and JSON, so loading one never runs code from i
   optimizer's tensors and the rest of its state (param groups, scalars); ``scheduler.json``;
   ``scaler.json`` (fp16 only);
 * ``rng_state_R.json`` (Python, NumPy) and ``rng_state_R.safetensors`` (torch CPU, CUDA) per process R;
-* ``trainer_state.json`` (step, epoch, batch in epoch, tokens, ...);
+* ``trainer_state.json`` (step, epoch, batch in epoch, tokens, ...), ``settings.json`` (the options that
+  define the run, compared at resume: :func:`settings_differences`);
 * ``manifest.json``, written last: every other file's size and sha256.
 
 Any other file in a checkpoint is refused by name (:func:`check_files`), whatever the manifest says. A
@@ -36,9 +37,13 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = 1
 STEP_DIR = re.compile(r"^step-(\d+)$")
-_FIXED = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "trainer_state.json")
+_FIXED = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "trainer_state.json",
+          "settings.json")
 _KNOWN = re.compile(r"^(model\.safetensors|optimizer\.(safetensors|json)|scheduler\.json|scaler\.json|"
-                    r"trainer_state\.json|manifest\.json|rng_state_\d+\.(json|safetensors))$")
+                    r"trainer_state\.json|settings\.json|manifest\.json|rng_state_\d+\.(json|safetensors))$")
+# Options that steer a run without defining what it trains (a resumed run may change them freely).
+RUN_CONTROL = frozenset({"max_steps", "eval_every", "save_every", "log_every", "progress", "resume", "overwrite",
+                         "force_resume", "output", "keep_checkpoints", "tensorboard", "cache_dir", "fused_kl"})
 
 
 class CorruptCheckpointError(ValueError):
@@ -154,7 +159,7 @@ def load_optimizer(directory: Path, optimizer: Any) -> None:
 
 
 def write_checkpoint(directory: Path, *, main: bool, rank: int, device_type: str, module: Any, optimizer: Any,
-                     scheduler: Any, scaler: Any, state: dict[str, Any]) -> None:
+                     scheduler: Any, scaler: Any, state: dict[str, Any], settings: dict[str, Any]) -> None:
     """Write this process's part of a checkpoint into ``directory`` (the main process: all but RNG states of
     the others). :func:`publish` then adds the manifest and renames it into place."""
     from safetensors.torch import save_model
@@ -169,6 +174,7 @@ def write_checkpoint(directory: Path, *, main: bool, rank: int, device_type: str
     if scaler is not None:
         _dump(directory / "scaler.json", scaler.state_dict())
     _dump(directory / "trainer_state.json", state)
+    _dump(directory / "settings.json", settings)
 
 
 def publish(tmp: Path, final: Path) -> None:
@@ -251,8 +257,8 @@ def select_checkpoint(output: Path, warn: bool = True) -> Path | None:
 
 
 def load_checkpoint(directory: Path, *, rank: int, device: Any, module: Any, optimizer: Any, scheduler: Any,
-                    scaler: Any) -> dict[str, Any]:
-    """Restore a (verified) checkpoint into the objects; return its trainer state."""
+                    scaler: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore a (verified) checkpoint into the objects; return its trainer state and settings."""
     from safetensors.torch import load_model
 
     load_model(module, str(directory / "model.safetensors"), device=str(device))
@@ -263,5 +269,26 @@ def load_checkpoint(directory: Path, *, rank: int, device: Any, module: Any, opt
     if not load_rng_state(directory, rank, device.type):
         logger.warning("checkpoint %s has no RNG state for process %d (another number of processes): the resumed "
                        "run is not an exact continuation", directory, rank)
-    return _load_json(directory / "trainer_state.json")
+    return _load_json(directory / "trainer_state.json"), _load_json(directory / "settings.json")
 
+
+def run_settings(options: Any) -> dict[str, Any]:
+    """The options that define a run (all but :data:`RUN_CONTROL`), as JSON values."""
+    from distilrubert.config import to_dict
+
+    # Through JSON so that a fresh run compares like one read back from a checkpoint (tuples as lists).
+    return json.loads(json.dumps({k: v for k, v in to_dict(options).items() if k not in RUN_CONTROL}))
+
+
+def settings_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{option: [in the checkpoint, now]}`` for every option that differs (absent = ``None``)."""
+    return {key: [saved.get(key), current.get(key)] for key in sorted(saved.keys() | current.keys())
+            if key not in saved or key not in current or saved[key] != current[key]}
+
+
+def describe_differences(differences: dict[str, list[Any]]) -> str:
+    def short(value: Any) -> str:
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return ", ".join(f"{key} {short(old)} -> {short(new)}" for key, (old, new) in differences.items())

@@ -11,10 +11,11 @@ the same seeded, length-grouped order). What the loop does:
 * Checkpoints every ``--save-every`` steps into ``OUTPUT/checkpoints/step-N`` (written to a temporary
   directory, fsynced, its manifest last, and renamed, so a kill never leaves a half checkpoint), the last
   ``--keep-checkpoints`` kept. A checkpoint holds the model, optimizer, scheduler, every process's RNG
-  states and the data position (epoch, batch), as safetensors and JSON only
-  (:mod:`distilrubert.checkpoint`: no pickles, so resuming never runs code from a checkpoint).
+  states, the data position (epoch, batch) and the settings that define the run, as safetensors and
+  JSON only (:mod:`distilrubert.checkpoint`: no pickles, so resuming never runs code from a checkpoint).
 * Resume (automatic when the output directory holds a checkpoint): the newest checkpoint that matches
-  its manifest (older ones are tried with a warning) is restored; the masks depend only on
+  its manifest (older ones are tried with a warning) is restored, once its settings equal the run's (a
+  difference is refused unless ``--force-resume``, recorded in ``run.json``); the masks depend only on
   ``(seed, step)``, so a run killed with SIGKILL and resumed ends with the same weights as an
   uninterrupted one (CPU; tested).
 * A NaN/inf loss stops the run before the optimizer step with an error naming the last good
@@ -94,6 +95,8 @@ class TrainOptions:
         "auto", "Mixed precision; auto = bf16 (or fp16) on a GPU, none on the CPU.")
     cache_dir: str | None = option(None, "Where tokenised sequences are cached (default ~/.cache/distilrubert).")
     resume: bool = option(True, "Resume from the newest checkpoint in --output when there is one.")
+    force_resume: bool = option(False, "Resume even when the checkpoint was written with other settings (corpus, "
+                                "lr, seed, ...); the differences are recorded in run.json.")
     overwrite: bool = option(False, "Replace an existing --output directory.")
     tensorboard: bool = option(True, "Also log to OUTPUT/tensorboard when tensorboard is installed.")
     progress: bool = option(True, "Show progress bars.")
@@ -129,6 +132,24 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     return found[0] if found else None
 
 
+def _check_settings(output: Path, chosen: Path, saved: dict[str, Any], options: TrainOptions,
+                    resolved: bool = True) -> dict[str, list[Any]]:
+    """The differences between the run's settings and the checkpoint's; ``ValueError`` unless ``--force-resume``.
+
+    ``resolved=False`` (before the verb has resolved its ``auto`` / unset options): those are skipped, so
+    that the early check cannot refuse a run the full check in :func:`train` would accept.
+    """
+    current = ckpt.run_settings(options)
+    if not resolved:
+        current = {k: saved[k] if v in (None, "auto") and k in saved else v for k, v in current.items()}
+    differences = ckpt.settings_differences(saved, current)
+    if differences and not options.force_resume:
+        raise ValueError(f"--output {output}: {chosen.name} was written by a run with other settings: "
+                         f"{ckpt.describe_differences(differences)} (pass --force-resume to continue it with the "
+                         "new ones, or --overwrite to start over)")
+    return differences
+
+
 def prepare_output(options: TrainOptions, main: bool = True) -> Path | None:
     """Check ``--output`` before any work; return the checkpoint to resume from, if any.
 
@@ -148,7 +169,11 @@ def prepare_output(options: TrainOptions, main: bool = True) -> Path | None:
         raise FileExistsError(f"--output {output} already holds a finished run (pass --overwrite to replace it)")
     if latest is not None:
         if options.resume:
-            return ckpt.select_checkpoint(output, warn=main)
+            chosen = ckpt.select_checkpoint(output, warn=main)
+            if chosen is not None:  # an early check; train() compares the resolved settings
+                saved = json.loads((chosen / "settings.json").read_text(encoding="utf-8"))
+                _check_settings(output, chosen, saved, options, resolved=False)
+            return chosen
         raise FileExistsError(f"--output {output} holds checkpoints; pass --resume to continue or --overwrite")
     if output.is_dir() and any(p.name not in (CHECKPOINTS, "metrics.jsonl") for p in output.iterdir()):
         raise FileExistsError(f"--output {output} already exists and is not empty (pass --overwrite to replace it)")
@@ -361,12 +386,20 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
     model, optimizer = accelerator.prepare(task.module, optimizer)
     task.setup(accelerator)
 
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed": 0.0}
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed": 0.0,
+                             "forced_resumes": []}
     if resume_from is not None:
-        state.update(ckpt.load_checkpoint(
+        saved_state, saved_settings = ckpt.load_checkpoint(
             resume_from, rank=rank, device=accelerator.device, module=accelerator.unwrap_model(model),
-            optimizer=optimizer, scheduler=scheduler, scaler=accelerator.scaler))
+            optimizer=optimizer, scheduler=scheduler, scaler=accelerator.scaler)
+        differences = _check_settings(output, resume_from, saved_settings, options)
+        state.update(saved_state)
         logger.info("resumed from %s (step %d)", resume_from, state["step"])
+        if differences:  # --force-resume
+            logger.warning("--force-resume: continuing %s with other settings: %s", resume_from,
+                           ckpt.describe_differences(differences))
+            state["forced_resumes"] = [*state["forced_resumes"], {"step": state["step"], "from": str(resume_from),
+                                                                  "differences": differences}]
     metrics = _Metrics(output, main, state["step"] if resume_from is not None else None, options.tensorboard)
 
     train_idx, valid_idx = split_train_valid(len(store), options.valid_fraction, options.max_valid_sequences)
@@ -415,7 +448,7 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         accelerator.wait_for_everyone()
         ckpt.write_checkpoint(tmp, main=main, rank=rank, device_type=accelerator.device.type,
                               module=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
-                              scaler=accelerator.scaler, state=state)
+                              scaler=accelerator.scaler, state=state, settings=ckpt.run_settings(options))
         accelerator.wait_for_everyone()
         if main:
             ckpt.publish(tmp, final)
@@ -520,7 +553,7 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         "final_train": {k: v[-1][1] for k, v in history.items()} if history else {},
         "first_train": {k: v[0][1] for k, v in history.items()} if history else {},
         "validation": valid_history, "rank_weight_sha256": digests,
-        "last_checkpoint": str(last_good) if last_good else None,
+        "last_checkpoint": str(last_good) if last_good else None, "forced_resumes": state["forced_resumes"],
     }
 
 
@@ -558,8 +591,9 @@ def save_final_output(command: str, options: TrainOptions, task: Any, accelerato
 
         def write(tmp: Path) -> None:
             task.save_final(module, tmp, summary)
+            forced = {"forced_resumes": summary["forced_resumes"]} if summary.get("forced_resumes") else {}
             write_json(tmp / "run.json", run_info(command, to_dict(options), seed=options.seed,
-                                                  steps=summary["steps"]))
+                                                  steps=summary["steps"], **forced))
 
         finish_output(Path(options.output), write)
         logger.info("wrote %s", options.output)
