@@ -9,12 +9,15 @@ the same seeded, length-grouped order). What the loop does:
   validation loss), gradient clipping, gradient accumulation, mixed precision (``auto``: bf16/fp16 on
   a GPU, fp32 on the CPU).
 * Checkpoints every ``--save-every`` steps into ``OUTPUT/checkpoints/step-N`` (written to a temporary
-  directory and renamed, so a kill never leaves a half checkpoint), the last ``--keep-checkpoints``
-  kept. A checkpoint holds the model, optimizer, scheduler, every process's RNG states
-  (``accelerator.save_state``) and the data position (epoch, batch).
-* Resume (automatic when the output directory holds a checkpoint): all of the above is restored and
-  the masks depend only on ``(seed, step)``, so a run killed with SIGKILL and resumed ends with the
-  same weights as an uninterrupted one (CPU; tested).
+  directory, fsynced, its manifest last, and renamed, so a kill never leaves a half checkpoint), the last
+  ``--keep-checkpoints`` kept. A checkpoint holds the model, optimizer, scheduler, every process's RNG
+  states, the data position (epoch, batch) and the settings that define the run, as safetensors and
+  JSON only (:mod:`distilrubert.checkpoint`: no pickles, so resuming never runs code from a checkpoint).
+* Resume (automatic when the output directory holds a checkpoint): the newest checkpoint that matches
+  its manifest (older ones are tried with a warning) is restored, once its settings equal the run's (a
+  difference is refused unless ``--force-resume``, recorded in ``run.json``); the masks depend only on
+  ``(seed, step)``, so a run killed with SIGKILL and resumed ends with the same weights as an
+  uninterrupted one (CPU; tested).
 * A NaN/inf loss stops the run before the optimizer step with an error naming the last good
   checkpoint (which stays on disk).
 * Validation every ``--eval-every`` steps on the held-out sequences; metrics to ``metrics.jsonl``
@@ -29,7 +32,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import time
@@ -40,6 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from distilrubert import checkpoint as ckpt
 from distilrubert.config import option
 from distilrubert.runinfo import check_replaceable, write_json
 
@@ -48,7 +51,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["TrainOptions", "TrainingDivergedError", "latest_checkpoint", "make_scheduler", "train", "tune_malloc"]
 
 CHECKPOINTS = "checkpoints"
-_CKPT = re.compile(r"^step-(\d+)$")
+_CKPT = ckpt.STEP_DIR
 # Test hook: SIGKILL the process itself right after this optimizer step (used by the resume test).
 KILL_ENV = "DISTILRUBERT_TEST_SIGKILL_AT_STEP"
 
@@ -92,6 +95,8 @@ class TrainOptions:
         "auto", "Mixed precision; auto = bf16 (or fp16) on a GPU, none on the CPU.")
     cache_dir: str | None = option(None, "Where tokenised sequences are cached (default ~/.cache/distilrubert).")
     resume: bool = option(True, "Resume from the newest checkpoint in --output when there is one.")
+    force_resume: bool = option(False, "Resume even when the checkpoint was written with other settings (corpus, "
+                                "lr, seed, ...); the differences are recorded in run.json.")
     overwrite: bool = option(False, "Replace an existing --output directory.")
     tensorboard: bool = option(True, "Also log to OUTPUT/tensorboard when tensorboard is installed.")
     progress: bool = option(True, "Show progress bars.")
@@ -122,13 +127,27 @@ class TrainOptions:
 
 
 def latest_checkpoint(output: str | Path) -> Path | None:
-    """The newest complete checkpoint directory under ``OUTPUT/checkpoints``, if any."""
-    root = Path(output) / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT.match(p.name)) and
-             (p / "trainer_state.json").is_file()]
-    return max(found)[1] if found else None
+    """The newest checkpoint directory under ``OUTPUT/checkpoints`` (verified or not), if any."""
+    found = ckpt.step_dirs(Path(output))
+    return found[0] if found else None
+
+
+def _check_settings(output: Path, chosen: Path, saved: dict[str, Any], options: TrainOptions,
+                    resolved: bool = True) -> dict[str, list[Any]]:
+    """The differences between the run's settings and the checkpoint's; ``ValueError`` unless ``--force-resume``.
+
+    ``resolved=False`` (before the verb has resolved its ``auto`` / unset options): those are skipped, so
+    that the early check cannot refuse a run the full check in :func:`train` would accept.
+    """
+    current = ckpt.run_settings(options)
+    if not resolved:
+        current = {k: saved[k] if v in (None, "auto") and k in saved else v for k, v in current.items()}
+    differences = ckpt.settings_differences(saved, current)
+    if differences and not options.force_resume:
+        raise ValueError(f"--output {output}: {chosen.name} was written by a run with other settings: "
+                         f"{ckpt.describe_differences(differences)} (pass --force-resume to continue it with the "
+                         "new ones, or --overwrite to start over)")
+    return differences
 
 
 def prepare_output(options: TrainOptions, main: bool = True) -> Path | None:
@@ -150,7 +169,11 @@ def prepare_output(options: TrainOptions, main: bool = True) -> Path | None:
         raise FileExistsError(f"--output {output} already holds a finished run (pass --overwrite to replace it)")
     if latest is not None:
         if options.resume:
-            return latest
+            chosen = ckpt.select_checkpoint(output, warn=main)
+            if chosen is not None:  # an early check; train() compares the resolved settings
+                saved = json.loads((chosen / "settings.json").read_text(encoding="utf-8"))
+                _check_settings(output, chosen, saved, options, resolved=False)
+            return chosen
         raise FileExistsError(f"--output {output} holds checkpoints; pass --resume to continue or --overwrite")
     if output.is_dir() and any(p.name not in (CHECKPOINTS, "metrics.jsonl") for p in output.iterdir()):
         raise FileExistsError(f"--output {output} already exists and is not empty (pass --overwrite to replace it)")
@@ -359,16 +382,24 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
     scheduler = make_scheduler(options, optimizer)
     if accelerator.device.type == "cpu":
         tune_malloc()
-    model, optimizer = accelerator.prepare(task.module, optimizer)
     # The scheduler is not prepared (accelerate would step it once per process); it is checkpointed.
-    accelerator.register_for_checkpointing(scheduler)
+    model, optimizer = accelerator.prepare(task.module, optimizer)
     task.setup(accelerator)
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed": 0.0}
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed": 0.0,
+                             "forced_resumes": []}
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state.update(json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8")))
+        saved_state, saved_settings = ckpt.load_checkpoint(
+            resume_from, rank=rank, device=accelerator.device, module=accelerator.unwrap_model(model),
+            optimizer=optimizer, scheduler=scheduler, scaler=accelerator.scaler)
+        differences = _check_settings(output, resume_from, saved_settings, options)
+        state.update(saved_state)
         logger.info("resumed from %s (step %d)", resume_from, state["step"])
+        if differences:  # --force-resume
+            logger.warning("--force-resume: continuing %s with other settings: %s", resume_from,
+                           ckpt.describe_differences(differences))
+            state["forced_resumes"] = [*state["forced_resumes"], {"step": state["step"], "from": str(resume_from),
+                                                                  "differences": differences}]
     metrics = _Metrics(output, main, state["step"] if resume_from is not None else None, options.tensorboard)
 
     train_idx, valid_idx = split_train_valid(len(store), options.valid_fraction, options.max_valid_sequences)
@@ -413,15 +444,19 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         if main:
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        ckpt.write_checkpoint(tmp, main=main, rank=rank, device_type=accelerator.device.type,
+                              module=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
+                              scaler=accelerator.scaler, state=state, settings=ckpt.run_settings(options))
         accelerator.wait_for_everyone()
         if main:
-            write_json(tmp / "trainer_state.json", state)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            ckpt.publish(tmp, final)
             done = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT.match(p.name)))
-            for _, old in done[:-options.keep_checkpoints]:
+            # Newer ones are left from before a resume that fell back past them (corrupt): this run
+            # rewrites those steps, and they must not push good checkpoints out of --keep-checkpoints.
+            stale = [p for n, p in done if n > state["step"]]
+            for old in stale + [p for n, p in done if n <= state["step"]][:-options.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
         return final
@@ -518,7 +553,7 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         "final_train": {k: v[-1][1] for k, v in history.items()} if history else {},
         "first_train": {k: v[0][1] for k, v in history.items()} if history else {},
         "validation": valid_history, "rank_weight_sha256": digests,
-        "last_checkpoint": str(last_good) if last_good else None,
+        "last_checkpoint": str(last_good) if last_good else None, "forced_resumes": state["forced_resumes"],
     }
 
 
@@ -556,8 +591,9 @@ def save_final_output(command: str, options: TrainOptions, task: Any, accelerato
 
         def write(tmp: Path) -> None:
             task.save_final(module, tmp, summary)
+            forced = {"forced_resumes": summary["forced_resumes"]} if summary.get("forced_resumes") else {}
             write_json(tmp / "run.json", run_info(command, to_dict(options), seed=options.seed,
-                                                  steps=summary["steps"]))
+                                                  steps=summary["steps"], **forced))
 
         finish_output(Path(options.output), write)
         logger.info("wrote %s", options.output)
