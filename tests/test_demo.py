@@ -23,7 +23,8 @@ def test_demo_runs_every_step_writes_report_and_resumes(wide_teacher, tiny_corpu
     out = tmp_path / "demo"
     argv = ["demo", "--output", str(out), "--teacher", str(wide_teacher), "--corpus", str(tiny_corpus),
             "--max-texts", "120", "--vocab-size", "300", "--steps", "3", "--batch-size", "8", "--max-length", "32",
-            "--data-dir", str(tmp_path / "absent"), "--max-examples", "60", "--speed-budget", "0.5", "--no-progress"]
+            "--data-dir", str(tmp_path / "absent"), "--max-examples", "60", "--speed-budget", "0.5",
+            "--speed-corpus-size", "16", "--no-progress"]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     names = [row["name"] for row in results["rows"]]

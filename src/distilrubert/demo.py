@@ -75,6 +75,7 @@ class DemoConfig:
                            "the built-in held-out probe is used instead.", metavar="DIR")
     max_examples: int | None = option(None, "Use at most N rows per probe task (quick checks; not comparable).")
     speed_budget: float = option(20.0, "Seconds of the side-by-side one-text-at-a-time speed loop.")
+    speed_corpus_size: int = option(256, "Texts of the side-by-side corpus-throughput pass.")
     seed: int = option(42, "Seed of the student initialisation, data order and masking.")
     threads: int = option(0, "CPU threads for torch during training (0: torch's default, all cores).")
     cache_dir: str | None = option(None, "Tokenised-corpus and teacher-output cache (default: OUTPUT/cache).",
@@ -184,7 +185,7 @@ def _speed(config: DemoConfig, out: Path, teacher: str, student: str, path: Path
 
     sentences = speed_sentences(config.data_dir, out / "corpus.jsonl.gz", out / "speed_sentences.txt")
     speed = SpeedConfig(output=str(path), models=[teacher, student], sentences=str(sentences),
-                        budget=config.speed_budget, corpus_size=256, threads=1)
+                        budget=config.speed_budget, corpus_size=config.speed_corpus_size, threads=1)
     write_json(path, measure(speed))
 
 
