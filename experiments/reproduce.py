@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(corpus).is_file():
             runner.log(f"corpus: the first {args.max_texts} texts of {source} -> {corpus} (story.corpus_subset)")
             corpus_subset([source], args.max_texts, Path(corpus))
+    args.teacher_prompt = bool(_prompt(teacher))
     for stage, tasks in plan(args, out, teacher, str(reference_model("teacher")), corpus).items():
         threads = 1 if stage == "speed" else None  # speed: one thread per engine, nothing else running
         if stage in ("speed", "export", "vocab"):
