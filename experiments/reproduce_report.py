@@ -72,8 +72,9 @@ def write_results(args, out: Path, teacher: str) -> Path:
              "Probes: encodechka SA, PI, NE1 (../shared/data/encodechka); **probe mean = mean of PI and SA**. "
              "Cells: mean ± standard deviation over seeds. Nothing was tuned on these probes. The teacher is probed "
              + ("with its `passage: ` prompt (`evaluate --prompt-name passage`)."
-                if getattr(args, "teacher_prompt", False) else "on the plain texts (this `evaluate` has no `--prompt-name`; e5 expects `passage: `, so (f) "
-                "and the retention are, if anything, understated)."), "",
+                if getattr(args, "teacher_prompt", False) else "on the plain texts (this `evaluate` has no "
+                "`--prompt-name`; e5 expects `passage: `, so (f) is, if anything, understated and the retention "
+                "overstated)."), "",
              "| model | " + " | ".join(TASKS) + " | probe mean | retention | encoder params | weights MB |",
              "|:--|" + "--:|" * (len(TASKS) + 4)]
     sizes = {c: model_size(str(out / (f"random-s{seeds[0]}" if c == "d" else f"{c}-s{seeds[0]}")))
