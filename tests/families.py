@@ -66,3 +66,21 @@ def byte_level_tokenizer():
     tok.train_from_iterator(SENTENCES * 3, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", cls_token="<s>",
                                    sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+
+
+def e5_like_teacher(out, hidden: int = 24, heads: int = 2, ffn: int = 48):
+    """A tiny e5-like teacher in ``out``: a ``BertModel`` (no MLM head) with the SentencePiece tokenizer and
+    sentence-transformers files (mean pooling, the ``passage: `` prompt)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from distilrubert.teacher_import import E5_PROMPTS, write_sentence_config
+
+    tok = sentencepiece_tokenizer()
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=heads,
+                        intermediate_size=ffn, max_position_embeddings=160, pad_token_id=1)
+    BertModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    write_sentence_config(out, hidden, 160, E5_PROMPTS)
+    return out

