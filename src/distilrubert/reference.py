@@ -1,8 +1,9 @@
 """The embedded reference models of the source checkout (``models/``) and how to make them.
 
-``models/teacher-4x384-16k`` is a 4 x 384 BERT pre-trained from scratch on the embedded sample corpus
-with ``distilrubert pretrain``; ``models/distilrubert-tiny-5k-sample`` is the 5K-vocabulary student
-distilled from it. Both are stored as fp16 safetensors (half the size) with ``"dtype": "float32"`` in
+``models/distilrubert-tiny-5k-e5`` is the 5K-vocabulary student distilled from the real
+multilingual-e5-small teacher (``import-teacher``, ``--alignment span``); ``models/teacher-4x384-16k`` is a
+4 x 384 BERT pre-trained from scratch on the embedded sample corpus with ``distilrubert pretrain``, the
+demonstration teacher of ``match`` / ``reduce``. Both are stored as fp16 safetensors (half the size) with ``"dtype": "float32"`` in
 their config, so ``AutoModel.from_pretrained`` loads them in fp32 (fast on a CPU). Their model cards give
 the commands that produced them.
 
@@ -13,7 +14,7 @@ which does not ship ``models/``).
 Example:
     >>> from distilrubert.reference import reference_model
     >>> reference_model("student").name  # doctest: +SKIP
-    'distilrubert-tiny-5k-sample'
+    'distilrubert-tiny-5k-e5'
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 __all__ = ["REFERENCE_NAMES", "models_dir", "reference_model", "save_half_precision"]
 
-REFERENCE_NAMES = {"teacher": "teacher-4x384-16k", "student": "distilrubert-tiny-5k-sample"}
+REFERENCE_NAMES = {"teacher": "teacher-4x384-16k", "student": "distilrubert-tiny-5k-e5"}
 ENV_VAR = "DISTILRUBERT_MODELS"
 
 
