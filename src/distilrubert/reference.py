@@ -3,8 +3,8 @@
 ``models/distilrubert-tiny-5k-e5`` is the 5K-vocabulary student distilled from the real
 multilingual-e5-small teacher (``import-teacher``, ``--alignment span``); ``models/teacher-4x384-16k`` is a
 4 x 384 BERT pre-trained from scratch on the embedded sample corpus with ``distilrubert pretrain``, the
-demonstration teacher of ``match`` / ``reduce``. Both are stored as fp16 safetensors (half the size) with ``"dtype": "float32"`` in
-their config, so ``AutoModel.from_pretrained`` loads them in fp32 (fast on a CPU). Their model cards give
+demonstration teacher of ``match`` / ``reduce``. Both are stored as fp16 safetensors (half the size) with
+``"dtype": "float32"`` in their config, so ``AutoModel.from_pretrained`` loads them in fp32 (fast on a CPU). Their model cards give
 the commands that produced them.
 
 ``Encoder.from_pretrained()`` and ``distilrubert serve`` without a model use the reference student.
