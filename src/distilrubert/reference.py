@@ -4,8 +4,8 @@
 multilingual-e5-small teacher (``import-teacher``, ``--alignment span``); ``models/teacher-4x384-16k`` is a
 4 x 384 BERT pre-trained from scratch on the embedded sample corpus with ``distilrubert pretrain``, the
 demonstration teacher of ``match`` / ``reduce``. Both are stored as fp16 safetensors (half the size) with
-``"dtype": "float32"`` in their config, so ``AutoModel.from_pretrained`` loads them in fp32 (fast on a CPU). Their model cards give
-the commands that produced them.
+``"dtype": "float32"`` in their config, so ``AutoModel.from_pretrained`` loads them in fp32 (fast on a
+CPU). Their model cards give the commands that produced them.
 
 ``Encoder.from_pretrained()`` and ``distilrubert serve`` without a model use the reference student.
 ``DISTILRUBERT_MODELS`` points to another directory holding the same layout (e.g. for a wheel install,
