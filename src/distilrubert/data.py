@@ -467,7 +467,25 @@ def _pad(seqs: list, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, att
 
 
-class Collator:
+class MaskingCollator:
+    """What every collator shares: the padding ids, the seeded MLM masking (``mask_tokens``) and its weights."""
+
+    def _init_masking(self, student_tokenizer: Any, token_probs: np.ndarray, seed: int, mlm_probability: float,
+                      teacher_pad_id: int) -> None:
+        self.seed = seed
+        self.token_probs = token_probs
+        self.mlm_probability = mlm_probability
+        self.pad_id = student_tokenizer.pad_token_id
+        self.mask_id = student_tokenizer.mask_token_id
+        special = set(student_tokenizer.all_special_ids)
+        self.random_ids = np.asarray([i for i in range(len(token_probs)) if i not in special], dtype=np.int64)
+        self.teacher_pad_id = teacher_pad_id
+
+    def _mask(self, ids: np.ndarray, attention: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return mask_tokens(ids, attention, self.token_probs, rng, self.mask_id, self.random_ids, self.mlm_probability)
+
+
+class Collator(MaskingCollator):
     """Turns sequence indices into a padded, masked batch (numpy arrays) for one step.
 
     Args:
@@ -490,14 +508,7 @@ class Collator:
         self.unpaired = 0
         self.store = store
         self.alignment = alignment
-        self.seed = seed
-        self.token_probs = token_probs
-        self.mlm_probability = mlm_probability
-        self.pad_id = student_tokenizer.pad_token_id
-        self.mask_id = student_tokenizer.mask_token_id
-        special = set(student_tokenizer.all_special_ids)
-        self.random_ids = np.asarray([i for i in range(len(token_probs)) if i not in special], dtype=np.int64)
-        self.teacher_pad_id = teacher_pad_id
+        self._init_masking(student_tokenizer, token_probs, seed, mlm_probability, teacher_pad_id)
 
     def __call__(self, indices: np.ndarray, step: int, stream: int = 0) -> dict[str, np.ndarray]:
         """The batch of ``indices``; ``step`` and ``stream`` seed its masking."""
@@ -507,8 +518,7 @@ class Collator:
         rng = np.random.default_rng([self.seed, stream, step])
         if self.same_words is not None and self.alignment is not None:
             return self._same_words_batch(indices, s_seqs, s_att, rng)
-        masked, labels = mask_tokens(s_ids, s_att, self.token_probs, rng, self.mask_id, self.random_ids,
-                                     self.mlm_probability)
+        masked, labels = self._mask(s_ids, s_att, rng)
         batch = {"input_ids": masked, "attention_mask": s_att, "labels": labels,
                  "seq_index": np.asarray(indices, dtype=np.int64)}
         if self.alignment is not None and self.store.has_teacher:

@@ -31,11 +31,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from distilrubert.cards import card_front_matter, training_tables
 from distilrubert.config import option, to_dict
 from distilrubert.losses import attention_mse, hidden_loss, layer_pairs, mlm_loss
 from distilrubert.runinfo import command_line, write_json
-from distilrubert.student_init import card_front_matter
-from distilrubert.teacher_head import teacher_forward
+from distilrubert.teacher_head import prepare_teacher, teacher_forward
 from distilrubert.trainer import TrainOptions
 from distilrubert.vocab import copy_tokenizer_files
 
@@ -276,16 +276,8 @@ class DistillTask:
         self.cache = None
 
     def setup(self, accelerator: Any) -> None:
-        import torch
-
+        prepare_teacher(self.teacher, accelerator)
         device = accelerator.device
-        self.teacher.to(device)
-        if device.type == "cuda":
-            # The teacher only runs forward: half precision halves its memory and time.
-            self.teacher.to(torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16)
-        self.teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
         self.alignment.to(device)
         if self.config.cache_teacher == "top-k":
             from distilrubert.teacher_cache import TeacherCache
@@ -357,10 +349,7 @@ def model_card(config: DistillConfig, student: Any, info: dict[str, Any]) -> str
     """The model card of a distilled student: data, steps, losses, final validation figures."""
     cfg = student.config
     n_params = sum(p.numel() for p in student.parameters())
-    valid = info["validation"][-1] if info.get("validation") else {}
-    first, final = info.get("first_train", {}), info.get("final_train", {})
-    loss_rows = "".join(f"| {k} | {first.get(k, float('nan')):.4f} | {v:.4f} |\n" for k, v in sorted(final.items()))
-    valid_rows = "".join(f"| {k} | {v:.4f} |\n" for k, v in sorted(valid.items()) if k != "step")
+    tables = training_tables(info)
     data = info.get("data", {})
     command = command_line() or f"distill({to_dict(config)})"
     return f"""{card_front_matter("knowledge-distillation")}
@@ -384,16 +373,7 @@ T = {config.temperature} |
 | training | {info.get("steps")} steps x {config.batch_size} x {config.gradient_accumulation} x \
 {info.get("processes")} processes, {info.get("tokens", 0):,} student tokens, lr {config.lr}, {info.get("seconds")} s |
 
-## Training losses (first and last logged step)
-
-| loss | first | last |
-|---|---|---|
-{loss_rows}
-## Final validation
-
-| metric | value |
-|---|---|
-{valid_rows}
+{tables}
 ## Usage
 
 ```python

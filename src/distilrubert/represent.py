@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distilrubert.data import _pad, mask_tokens
+from distilrubert.data import MaskingCollator, _pad
 from distilrubert.losses import hidden_loss, mlm_loss, relation_loss, sentence_loss
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def _mean_states(states: Any, which: list[int]) -> torch.Tensor:
     return out / len(which)
 
 
-class TextCollator:
+class TextCollator(MaskingCollator):
     """Indices of text units -> a batch: both tokenisations, a masked student copy, span groups.
 
     Batch keys: ``student_input_ids`` / ``attention_mask`` (unmasked student), ``input_ids`` / ``labels``
@@ -70,15 +70,8 @@ class TextCollator:
     def __init__(self, units: Any, student_tokenizer: Any, token_probs: np.ndarray, seed: int = 0,
                  mlm_probability: float = 0.15, teacher_pad_id: int = 0, mlm: bool = True) -> None:
         self.units = units
-        self.seed = seed
         self.mlm = mlm
-        self.token_probs = token_probs
-        self.mlm_probability = mlm_probability
-        self.pad_id = student_tokenizer.pad_token_id
-        self.mask_id = student_tokenizer.mask_token_id
-        special = set(student_tokenizer.all_special_ids)
-        self.random_ids = np.asarray([i for i in range(len(token_probs)) if i not in special], dtype=np.int64)
-        self.teacher_pad_id = teacher_pad_id
+        self._init_masking(student_tokenizer, token_probs, seed, mlm_probability, teacher_pad_id)
 
     def __call__(self, indices: np.ndarray, step: int, stream: int = 0) -> dict[str, np.ndarray]:
         units = self.units
@@ -90,8 +83,7 @@ class TextCollator:
                  "doc_index": np.asarray([units.doc_index(int(i)) for i in indices], dtype=np.int64)}
         if self.mlm:
             rng = np.random.default_rng([self.seed, stream, step])
-            batch["input_ids"], batch["labels"] = mask_tokens(s_ids, s_att, self.token_probs, rng, self.mask_id,
-                                                              self.random_ids, self.mlm_probability)
+            batch["input_ids"], batch["labels"] = self._mask(s_ids, s_att, rng)
         if units.has_groups:
             s_group = np.full(s_ids.shape, -1, dtype=np.int64)
             t_group = np.full(t_ids.shape, -1, dtype=np.int64)
@@ -175,13 +167,9 @@ class RepresentationTask:
         self.teacher_steps = 0
 
     def setup(self, accelerator: Any) -> None:
-        device = accelerator.device
-        self.teacher.to(device)
-        if device.type == "cuda":
-            self.teacher.to(torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16)
-        self.teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        from distilrubert.teacher_head import prepare_teacher
+
+        prepare_teacher(self.teacher, accelerator)
         if self.config.cache_teacher != "none":
             self._open_caches(accelerator)
 
@@ -292,16 +280,13 @@ class RepresentationTask:
 
 def span_model_card(config: Any, student: Any, info: dict[str, Any]) -> str:
     """The model card of a student distilled with ``--alignment span``."""
+    from distilrubert.cards import card_front_matter, training_tables
     from distilrubert.config import to_dict
     from distilrubert.runinfo import command_line
-    from distilrubert.student_init import card_front_matter
 
     cfg = student.config
     n_params = sum(p.numel() for p in student.parameters())
-    valid = info["validation"][-1] if info.get("validation") else {}
-    first, final = info.get("first_train", {}), info.get("final_train", {})
-    loss_rows = "".join(f"| {k} | {first.get(k, float('nan')):.4f} | {v:.4f} |\n" for k, v in sorted(final.items()))
-    valid_rows = "".join(f"| {k} | {v:.4f} |\n" for k, v in sorted(valid.items()) if k != "step")
+    tables = training_tables(info)
     data, spec = info.get("data", {}), info.get("teacher_spec", {})
     command = command_line() or f"distill({to_dict(config)})"
     layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layers)
@@ -332,16 +317,7 @@ A student distilled by `distilrubert distill --alignment span` from `{config.tea
 | | |
 |---|---|
 {table}
-## Training losses (first and last logged step)
-
-| loss | first | last |
-|---|---|---|
-{loss_rows}
-## Final validation
-
-| metric | value |
-|---|---|
-{valid_rows}
+{tables}
 ## Usage
 
 ```python

@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from distilrubert.cards import card_front_matter
 from distilrubert.config import option, to_dict
 from distilrubert.runinfo import atomic_output_dir, check_output_dir, command_line, run_info, write_json
 from distilrubert.vocab import copy_tokenizer_files
@@ -507,12 +508,6 @@ def initialise_from_teacher(student, teacher: TeacherWeights, sources: list[np.n
 
 # --------------------------------------------------------------------------------------------------
 # model card and the verb
-
-
-def card_front_matter(*extra_tags: str) -> str:
-    """The YAML header of a Hugging Face model card for a distilrubert fill-mask model."""
-    tags = "".join(f"- {t}\n" for t in ("distilbert", "fill-mask", "russian", "distilrubert", *extra_tags))
-    return f"---\nlanguage:\n- ru\nlibrary_name: transformers\npipeline_tag: fill-mask\ntags:\n{tags}---\n"
 
 
 def model_card(info: dict[str, Any]) -> str:
