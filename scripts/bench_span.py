@@ -8,7 +8,8 @@ the teacher reads ``"passage: " + text`` in its own tokenisation.
 Measured in one process, per step (minimum over ``--steps`` interleaved rounds after a warm-up round):
 
 * ``teacher``: teacher forward with the hidden states the span loss pools (eval, no grad);
-* ``student``: the student passes the method needs (the unmasked pass and the masked MLM pass),
+* ``student``: the student passes the method needs (the unmasked pass, and the masked MLM pass unless
+  ``--alpha-mlm 0``),
   forward + a plain mean of the outputs + backward;
 * ``full``: the real step without cache (teacher forward + :class:`RepresentationModule` with the span,
   sentence, relation and MLM losses + backward);
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--alpha-mlm", type=float, default=0.5,
+                        help="Weight of the student's MLM loss (0: no masked pass, one student pass per step).")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -87,7 +90,8 @@ def main() -> None:
                           encoding="utf-8")
         config = resolve_for_teacher(DistillConfig(
             teacher=args.teacher, student=args.student, corpus=[str(corpus)], output=str(Path(tmp) / "out"),
-            cache_dir=str(Path(tmp) / "cache"), max_length=args.length, layer_mapping="last", progress=False), False)
+            cache_dir=str(Path(tmp) / "cache"), max_length=args.length, layer_mapping="last", alpha_mlm=args.alpha_mlm,
+            progress=False), False)
         units = build_text_units([corpus], student_tok, teacher_tok, args.length, 512, spec.prompt,
                                  Path(tmp) / "cache", span=True, progress=False)
         probs = np.full(student.config.vocab_size, 1.0 / student.config.vocab_size)
@@ -107,8 +111,10 @@ def main() -> None:
             base = module.student.base_model
             out = base(input_ids=batch["student_input_ids"], attention_mask=batch["attention_mask"],
                        output_hidden_states=True).last_hidden_state.mean()
-            logits = module.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            (out + logits.mean()).backward()
+            if args.alpha_mlm > 0:
+                out = out + module.student(input_ids=batch["input_ids"],
+                                           attention_mask=batch["attention_mask"]).logits.mean()
+            out.backward()
             module.zero_grad(set_to_none=True)
 
         def full_step():
@@ -126,7 +132,8 @@ def main() -> None:
         times = timed_round_robin({"teacher": teacher_step, "student": student_only, "full": full_step,
                                    "cached": cached_step}, args.steps)
     base = times["teacher"] + times["student"]
-    result = {"batch": [args.batch_size, args.length], "threads": args.threads, "seconds": times,
+    result = {"batch": [args.batch_size, args.length], "threads": args.threads, "alpha_mlm": args.alpha_mlm,
+              "seconds": times,
               "student_tokens": int(batch["attention_mask"].sum()),
               "teacher_tokens": int(batch["teacher_attention_mask"].sum()), "groups": int(batch["n_groups"]),
               "overhead": (times["full"] - base) / base, "cache_speedup": times["full"] / times["cached"]}
