@@ -33,7 +33,15 @@ from torch import nn
 
 from distilrubert.cards import card_front_matter, training_tables
 from distilrubert.config import option, to_dict
-from distilrubert.losses import attention_mse, hidden_loss, layer_pairs, mlm_loss
+from distilrubert.losses import (
+    attention_mse,
+    hidden_loss,
+    layer_pairs,
+    mean_states,
+    mlm_loss,
+    model_layers,
+    model_width,
+)
 from distilrubert.runinfo import command_line, write_json
 from distilrubert.teacher_head import prepare_teacher, teacher_forward
 from distilrubert.trainer import TrainOptions
@@ -158,23 +166,8 @@ class DistillConfig(TrainOptions):
             parse_layer_pairs(self.layer_mapping)
 
 
-def _hidden_size(config: Any) -> int:
-    return int(getattr(config, "hidden_size", None) or config.dim)
-
-
-def _n_layers(config: Any) -> int:
-    return int(getattr(config, "num_hidden_layers", None) or config.n_layers)
-
-
 def _n_heads(config: Any) -> int:
     return int(getattr(config, "num_attention_heads", None) or config.n_heads)
-
-
-def _mean_states(states: Any, which: list[int]) -> Any:
-    out = states[which[0]]
-    for k in which[1:]:
-        out = out + states[k]
-    return out / len(which)
 
 
 class DistillModule(nn.Module):
@@ -191,7 +184,7 @@ class DistillModule(nn.Module):
         self.alignment = alignment
         self.config = config
         self.pairs = pairs if config.alpha_hidden > 0 else []
-        student_dim = _hidden_size(student.config)
+        student_dim = model_width(student.config)
         self.projections = nn.ModuleList(nn.Linear(student_dim, teacher_dim) for _ in self.pairs)
 
     def forward(self, batch: dict[str, torch.Tensor], teacher_logits: torch.Tensor | None = None,
@@ -218,8 +211,8 @@ class DistillModule(nn.Module):
         if need_hidden:
             hidden = aligned.logits.new_zeros(())
             for (s_which, t_which), proj in zip(self.pairs, self.projections, strict=True):
-                s_rows = self.alignment.student_rows(batch, _mean_states(aligned.hidden_states, s_which))
-                t_rows = self.alignment.teacher_rows(batch, _mean_states(teacher_hidden, t_which))
+                s_rows = self.alignment.student_rows(batch, mean_states(aligned.hidden_states, s_which))
+                t_rows = self.alignment.teacher_rows(batch, mean_states(teacher_hidden, t_which))
                 hidden = hidden + hidden_loss(proj(s_rows), t_rows, cfg.hidden_loss)  # (n, teacher_dim)
             losses["hidden"] = hidden / len(self.pairs)
             total = total + cfg.alpha_hidden * losses["hidden"]
@@ -249,7 +242,7 @@ class DistillModule(nn.Module):
     def pairs_for_attention(self):
         from distilrubert.losses import layer_pairs
 
-        n_s = _n_layers(self.student.config)
+        n_s = model_layers(self.student.config)
         pairs = layer_pairs(self.config.layer_mapping if self.config.layer_mapping != "average_all" else "skip",
                             n_s, self._teacher_layers)
         return [(s[0], t[-1]) for s, t in pairs]
@@ -267,9 +260,9 @@ class DistillTask:
         self.store = store
         self.student_tokenizer = student_tokenizer
         self.extra_info = extra_info
-        pairs = layer_pairs(config.layer_mapping, _n_layers(student.config), _n_layers(teacher.config))
-        self.module = DistillModule(student, alignment, config, pairs, _hidden_size(teacher.config))
-        self.module._teacher_layers = _n_layers(teacher.config)
+        pairs = layer_pairs(config.layer_mapping, model_layers(student.config), model_layers(teacher.config))
+        self.module = DistillModule(student, alignment, config, pairs, model_width(teacher.config))
+        self.module._teacher_layers = model_layers(teacher.config)
         if config.alpha_attention > 0 and _n_heads(student.config) != _n_heads(teacher.config):
             raise ValueError(f"--alpha-attention: the student has {_n_heads(student.config)} heads and the teacher "
                              f"{_n_heads(teacher.config)}; the attention loss needs equal head counts")
@@ -360,7 +353,8 @@ alignment (Kolesnikova et al., 2022, arXiv 2205.02340).
 
 | | |
 |---|---|
-| architecture | {cfg.model_type}, {_n_layers(cfg)} layers, hidden {_hidden_size(cfg)}, vocabulary {cfg.vocab_size:,} |
+| architecture | {cfg.model_type}, {model_layers(cfg)} layers, hidden {model_width(cfg)}, \
+vocabulary {cfg.vocab_size:,} |
 | parameters | {n_params:,} |
 | teacher | `{config.teacher}` |
 | alignment | `{config.alignment}` (pooling `{config.pooling}`, KL at `{config.kl_positions}` positions), \

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["LAYER_STRATEGIES", "attention_mse", "hidden_loss", "kl_div", "kl_div_topk", "kl_log_probs", "layer_pairs",
-           "mlm_loss", "parse_layer_pairs", "relation_loss", "sentence_loss"]
+           "mean_states", "mlm_loss", "model_layers", "model_width", "parse_layer_pairs", "relation_loss",
+           "sentence_loss"]
 
 LAYER_STRATEGIES = ("average_all", "skip", "average", "last")
 
@@ -235,3 +236,21 @@ def layer_pairs(strategy: str, n_student: int, n_teacher: int) -> list[tuple[lis
                              f"(student states 0..{n_student}, teacher states 0..{n_teacher})")
         pairs.append(([s], teachers))
     return pairs
+
+
+def model_width(config) -> int:
+    """Hidden size of a BERT-style (``hidden_size``) or DistilBERT (``dim``) config."""
+    return int(getattr(config, "hidden_size", None) or config.dim)
+
+
+def model_layers(config) -> int:
+    """Transformer layers of a BERT-style (``num_hidden_layers``) or DistilBERT (``n_layers``) config."""
+    return int(getattr(config, "num_hidden_layers", None) or config.n_layers)
+
+
+def mean_states(states, which: list[int]) -> torch.Tensor:
+    """The mean of the hidden states ``which`` (one side of a :func:`layer_pairs` pair)."""
+    out = states[which[0]]
+    for k in which[1:]:
+        out = out + states[k]
+    return out / len(which)

@@ -33,7 +33,15 @@ import torch
 from torch import nn
 
 from distilrubert.data import MaskingCollator, _pad
-from distilrubert.losses import hidden_loss, mlm_loss, relation_loss, sentence_loss
+from distilrubert.losses import (
+    hidden_loss,
+    mean_states,
+    mlm_loss,
+    model_layers,
+    model_width,
+    relation_loss,
+    sentence_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +56,6 @@ def pool_states(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch
     if pooling == "max":
         return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-
-
-def _mean_states(states: Any, which: list[int]) -> torch.Tensor:
-    out = states[which[0]]
-    for k in which[1:]:
-        out = out + states[k]
-    return out / len(which)
 
 
 class TextCollator(MaskingCollator):
@@ -107,7 +108,7 @@ class RepresentationModule(nn.Module):
         self.student = student
         self.config = config
         self.pairs = pairs if config.alpha_hidden > 0 else []
-        dim = int(getattr(student.config, "hidden_size", None) or student.config.dim)
+        dim = model_width(student.config)
         self.sentence_projection = nn.Linear(dim, teacher_dim)
         self.projections = nn.ModuleList(nn.Linear(dim, teacher_dim) for _ in self.pairs)
 
@@ -132,7 +133,7 @@ class RepresentationModule(nn.Module):
             n_groups = int(batch["n_groups"])
             span = embedding.new_zeros(())
             for k, ((s_which, _), proj) in enumerate(zip(self.pairs, self.projections, strict=True)):
-                s_rows = pool_groups(_mean_states(plain.hidden_states, s_which), batch["student_group"], n_groups)
+                s_rows = pool_groups(mean_states(plain.hidden_states, s_which), batch["student_group"], n_groups)
                 span = span + hidden_loss(proj(s_rows), teacher_groups[:, k].to(s_rows.dtype), cfg.hidden_loss)
             losses["hidden"] = span / len(self.pairs)
             total = total + cfg.alpha_hidden * losses["hidden"]
@@ -158,10 +159,10 @@ class RepresentationTask:
         self.extra_info = extra_info
         self.card = card or span_model_card
         t_cfg = teacher.config
-        n_teacher = int(getattr(t_cfg, "num_hidden_layers", None) or t_cfg.n_layers)
-        n_student = int(getattr(student.config, "num_hidden_layers", None) or student.config.n_layers)
+        n_teacher = model_layers(t_cfg)
+        n_student = model_layers(student.config)
         self.pairs = layer_pairs(config.layer_mapping, n_student, n_teacher) if config.alpha_hidden > 0 else []
-        self.teacher_dim = int(getattr(t_cfg, "hidden_size", None) or t_cfg.dim)
+        self.teacher_dim = model_width(t_cfg)
         self.module = RepresentationModule(student, config, self.teacher_dim, self.pairs)
         self.sentence_cache = self.group_cache = None
         self.teacher_steps = 0
@@ -219,7 +220,7 @@ class RepresentationTask:
         groups = None
         if self.pairs:
             n_groups = int(batch["n_groups"])
-            groups = torch.stack([pool_groups(_mean_states(out.hidden_states, t_which).float(),
+            groups = torch.stack([pool_groups(mean_states(out.hidden_states, t_which).float(),
                                               batch["teacher_group"], n_groups) for _, t_which in self.pairs], dim=1)
         return sentence, groups  # (batch, dim), (groups, pairs, dim)
 
@@ -289,8 +290,8 @@ def span_model_card(config: Any, student: Any, info: dict[str, Any]) -> str:
     tables = training_tables(info)
     data, spec = info.get("data", {}), info.get("teacher_spec", {})
     command = command_line() or f"distill({to_dict(config)})"
-    layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layers)
-    width = int(getattr(cfg, "hidden_size", None) or cfg.dim)
+    layers = model_layers(cfg)
+    width = model_width(cfg)
     rows = [
         ("architecture", f"{cfg.model_type}, {layers} layers, hidden {width}, vocabulary {cfg.vocab_size:,}"),
         ("parameters", f"{n_params:,}"),
