@@ -152,6 +152,29 @@ def test_distill_without_mlm_head_end_to_end_and_cache_reuse(tmp_path, _e5_like_
     assert json.loads((tmp_path / "d2" / "train_report.json").read_text())["teacher_cache"]["sentence"]["misses"] == 0
 
 
+def test_a_partly_filled_cache_runs_the_teacher_on_the_missing_rows_only(tmp_path, _e5_like_teacher, _sp_student):
+    corpus = _corpus(tmp_path, repeats=1)
+    cache = tmp_path / "cache"
+    first = _distill(_e5_like_teacher, _sp_student, corpus, tmp_path / "d", cache, alpha_hidden=0.5)
+    parts = {p.name.split("-")[1]: p for p in cache.iterdir() if p.name.startswith("teacher-")}
+    sentence = np.fromfile(parts["sentence"] / "filled.u8", dtype=np.uint8)
+    assert sentence.all() and first["teacher_forward_rows"] >= len(sentence)
+    before = np.fromfile(parts["sentence"] / "values.f16", dtype=np.float16).reshape(len(sentence), -1).copy()
+    # Forget every third document's embedding, and all group states (as an interrupted first epoch would).
+    forget = np.zeros(len(sentence), dtype=bool)
+    forget[::3] = True
+    np.where(forget, 0, 1).astype(np.uint8).tofile(parts["sentence"] / "filled.u8")
+    groups = np.fromfile(parts["groups"] / "filled.u8", dtype=np.uint8)
+    np.zeros_like(groups).tofile(parts["groups"] / "filled.u8")
+    again = _distill(_e5_like_teacher, _sp_student, corpus, tmp_path / "d2", cache, alpha_hidden=0.5, seed=3)
+    after = np.fromfile(parts["sentence"] / "values.f16", dtype=np.float16).reshape(len(sentence), -1)
+    assert np.fromfile(parts["sentence"] / "filled.u8", dtype=np.uint8).all()
+    np.testing.assert_allclose(after.astype(np.float32), before.astype(np.float32), atol=2e-3)
+    # Each unit is run through the teacher once (its groups were forgotten), never again once cached.
+    assert again["teacher_forward_rows"] == len(groups)
+    assert again["teacher_forward_steps"] < first["teacher_forward_steps"] + 8
+
+
 def test_distill_refuses_a_kl_without_teacher_logits(tmp_path, _e5_like_teacher, _sp_student):
     corpus = _corpus(tmp_path, repeats=1)
     with pytest.raises(ValueError, match=r"--alpha-kl: the teacher .* has no masked-LM head"):

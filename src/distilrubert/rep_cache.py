@@ -108,19 +108,26 @@ class CachePart:
         """Whether every slot in ``slots`` is filled."""
         return bool(np.all(self.filled[slots]))
 
-    def get(self, slots: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
-        """The rows (fp32) if every slot is filled and the values are finite; otherwise ``None`` (a miss)."""
+    def missing(self, slots: np.ndarray) -> np.ndarray:
+        """``(len(slots),)`` bool: which slots are not filled yet."""
+        return np.asarray(self.filled[slots]) == 0
+
+    def get(self, slots: np.ndarray, rows: np.ndarray, count: bool = True) -> np.ndarray | None:
+        """The rows (fp32) if every slot is filled and the values are finite; otherwise ``None`` (a miss).
+
+        ``count=False`` leaves the hit / miss counters alone (a read right after filling the slots).
+        """
         if not self.complete(slots):
-            self.misses += 1
+            self.misses += count
             return None
         values = np.asarray(self.values[rows], dtype=np.float32)
         if not np.isfinite(values).all():
             logger.warning("teacher cache %s: non-finite cached values; recomputing them", self.directory)
             self.filled[slots] = 0
             self.recomputed += 1
-            self.misses += 1
+            self.misses += count
             return None
-        self.hits += 1
+        self.hits += count
         return values
 
     def put(self, slots: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:

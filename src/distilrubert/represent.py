@@ -65,7 +65,7 @@ class TextCollator(MaskingCollator):
     (masked copy for MLM; ``labels`` all -100 without MLM), ``teacher_input_ids`` /
     ``teacher_attention_mask``, ``seq_index`` and ``doc_index`` ``(batch,)``; with span groups
     ``student_group`` / ``teacher_group`` (batch-global group ids, -1 none), ``group_rows`` (each group's row
-    in the group cache) and ``n_groups``.
+    in the group cache), ``group_batch_row`` (each group's row in the batch) and ``n_groups``.
     """
 
     def __init__(self, units: Any, student_tokenizer: Any, token_probs: np.ndarray, seed: int = 0,
@@ -88,15 +88,18 @@ class TextCollator(MaskingCollator):
         if units.has_groups:
             s_group = np.full(s_ids.shape, -1, dtype=np.int64)
             t_group = np.full(t_ids.shape, -1, dtype=np.int64)
-            rows, base = [], 0
+            rows, counts, base = [], [], 0
             for b, i in enumerate(indices):
                 sg, tg, n = units.groups(int(i))
                 s_group[b, : len(sg)] = np.where(sg >= 0, sg + base, -1)
                 t_group[b, : len(tg)] = np.where(tg >= 0, tg + base, -1)
                 rows.append(units.group_offset(int(i)) + np.arange(n))
+                counts.append(n)
                 base += n
             batch.update(student_group=s_group, teacher_group=t_group,
-                         group_rows=np.concatenate(rows).astype(np.int64), n_groups=np.asarray(base))
+                         group_rows=np.concatenate(rows).astype(np.int64),
+                         group_batch_row=np.repeat(np.arange(len(indices), dtype=np.int64), counts),
+                         n_groups=np.asarray(base))
         return batch
 
 
@@ -165,7 +168,7 @@ class RepresentationTask:
         self.teacher_dim = model_width(t_cfg)
         self.module = RepresentationModule(student, config, self.teacher_dim, self.pairs)
         self.sentence_cache = self.group_cache = None
-        self.teacher_steps = 0
+        self.teacher_steps = self.teacher_rows = 0
 
     def setup(self, accelerator: Any) -> None:
         from distilrubert.teacher_head import prepare_teacher
@@ -211,6 +214,7 @@ class RepresentationTask:
         from distilrubert.align.span import pool_groups
 
         self.teacher_steps += 1
+        self.teacher_rows += int(batch["teacher_input_ids"].shape[0])
         base = getattr(self.teacher, "base_model", self.teacher)
         out = base(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
                    output_hidden_states=bool(self.pairs))
@@ -228,21 +232,41 @@ class RepresentationTask:
         if self.sentence_cache is None:
             return self._teacher_outputs(batch)
         device = batch["teacher_input_ids"].device
-        doc = batch["doc_index"].cpu().numpy()
-        sentence = self.sentence_cache.get(doc, doc)
+        doc, seq = batch["doc_index"].cpu().numpy(), batch["seq_index"].cpu().numpy()
+        miss = self.sentence_cache.missing(doc)
+        if self.group_cache is not None:
+            miss |= self.group_cache.missing(seq)
+        if miss.any():
+            self._fill(batch, miss)
+        hit = not miss.any()
+        sentence = self.sentence_cache.get(doc, doc, count=hit)
         groups = None
         if self.group_cache is not None:
-            seq, rows = batch["seq_index"].cpu().numpy(), batch["group_rows"].cpu().numpy()
-            groups = self.group_cache.get(seq, rows)
-            if groups is not None:
-                groups = torch.from_numpy(groups).to(device)
+            groups = self.group_cache.get(seq, batch["group_rows"].cpu().numpy(), count=hit)
         if sentence is None or (self.group_cache is not None and groups is None):
-            t_sentence, t_groups = self._teacher_outputs(batch)
-            self.sentence_cache.put(doc, doc, t_sentence.cpu().numpy())
-            if self.group_cache is not None:
-                self.group_cache.put(seq, rows, t_groups.cpu().numpy())
-            return t_sentence, t_groups
-        return torch.from_numpy(sentence).to(device), groups
+            return self._teacher_outputs(batch)  # non-finite values were cached: use the teacher directly
+        return torch.from_numpy(sentence).to(device), None if groups is None else torch.from_numpy(groups).to(device)
+
+    def _fill(self, batch: dict[str, torch.Tensor], miss: np.ndarray) -> None:
+        """Run the teacher on the batch rows whose targets are not cached yet (only those) and cache them.
+
+        A partly cached batch costs the teacher only its missing rows, so a cache filled by an earlier run
+        (or an interrupted one) is used row by row, not only when a whole batch happens to be complete.
+        """
+        rows = torch.from_numpy(np.flatnonzero(miss)).to(batch["teacher_input_ids"].device)
+        t_mask = batch["teacher_attention_mask"][rows]
+        width = max(1, int(t_mask.sum(1).max()))  # trim the padding the other rows needed
+        sub = {"teacher_input_ids": batch["teacher_input_ids"][rows, :width], "teacher_attention_mask": t_mask[:, :width]}
+        if self.group_cache is not None:
+            sub.update(teacher_group=batch["teacher_group"][rows, :width], n_groups=batch["n_groups"])
+        t_sentence, t_groups = self._teacher_outputs(sub)
+        doc, seq = batch["doc_index"].cpu().numpy(), batch["seq_index"].cpu().numpy()
+        self.sentence_cache.misses += 1
+        self.sentence_cache.put(doc[miss], doc[miss], t_sentence.cpu().numpy())
+        if self.group_cache is not None:
+            mine = miss[batch["group_batch_row"].cpu().numpy()]  # groups of the recomputed rows
+            self.group_cache.misses += 1
+            self.group_cache.put(seq[miss], batch["group_rows"].cpu().numpy()[mine], t_groups.cpu().numpy()[mine])
 
     def step_losses(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         sentence, groups = self._targets(batch)
@@ -274,6 +298,7 @@ class RepresentationTask:
                     "hits": cache.hits, "misses": cache.misses, "filled": round(cache.filled_fraction, 4),
                     "directory": str(cache.directory)}
         summary["teacher_forward_steps"] = self.teacher_steps
+        summary["teacher_forward_rows"] = self.teacher_rows
         info = {**self.extra_info, **summary}
         write_json(directory / "train_report.json", info)
         (directory / "README.md").write_text(self.card(self.config, module.student, info), encoding="utf-8")
