@@ -201,3 +201,35 @@ def test_distill_cli_span_with_an_mlm_teacher(tmp_path, teacher_dir, tiny_studen
     assert code == 0
     card = (tmp_path / "o" / "README.md").read_text()
     assert "distill --alignment span" in card and "sentence 1.0" in card
+
+
+def test_neighbour_batches_cover_each_text_once_and_group_clusters():
+    from distilrubert.neighbours import neighbour_batches
+
+    labels = np.repeat(np.arange(10), 12)  # 10 clusters of 12 units
+    train = np.arange(120)
+    batches = neighbour_batches(labels, train, batch_size=8, group=4, seed=1, epoch=0)
+    flat = np.concatenate(batches)
+    assert len(batches) == 15 and len(np.unique(flat)) == len(flat) == 120
+    # Each group of 4 comes from one cluster (clusters of 12 cut into whole groups of 4).
+    for batch in batches:
+        assert all(len(set(labels[g])) == 1 for g in batch.reshape(-1, 4))
+    again = neighbour_batches(labels, train, batch_size=8, group=4, seed=1, epoch=0)
+    other = neighbour_batches(labels, train, batch_size=8, group=4, seed=1, epoch=1)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, other, strict=True))
+
+
+def test_distill_with_neighbour_batches_fills_the_cache_first(tmp_path, _e5_like_teacher, _sp_student):
+    corpus = _corpus(tmp_path, repeats=1)
+    summary = _distill(_e5_like_teacher, _sp_student, corpus, tmp_path / "n", tmp_path / "cache", neighbour_batches=4)
+    report = json.loads((tmp_path / "n" / "train_report.json").read_text())
+    assert report["neighbour_batches"]["group"] == 4 and report["neighbour_batches"]["clusters"] >= 2
+    assert report["teacher_cache"]["sentence"]["filled"] == 1.0
+    # Every text went through the teacher once, before training: no training step needed it.
+    assert summary["teacher_forward_rows"] == report["data"]["units"]
+    with pytest.raises(ValueError, match="--neighbour-batches: 3 must be >= 2 and divide --batch-size 8"):
+        _distill(_e5_like_teacher, _sp_student, corpus, tmp_path / "m", tmp_path / "cache", neighbour_batches=3)
+    with pytest.raises(ValueError, match="--neighbour-batches: clusters the cached teacher embeddings"):
+        _distill(_e5_like_teacher, _sp_student, corpus, tmp_path / "m", tmp_path / "cache", neighbour_batches=4,
+                 cache_teacher="none")

@@ -102,6 +102,10 @@ class DistillConfig(TrainOptions):
     alpha_relation: float | None = option(None, "span: weight of the in-batch similarity (relation) KL (default 1.0).")
     sentence_loss: Literal["cosine", "mse"] = option("cosine", "span: distance of the sentence-embedding loss.")
     relation_temperature: float = option(0.05, "span: softmax temperature of the relation loss's cosine similarities.")
+    neighbour_batches: int = option(
+        0, "span: compose every batch of groups of this many texts that the teacher embeds close together "
+        "(k-means clusters of its cached sentence embeddings), so the relation loss sees near neighbours; "
+        "0 = random length-grouped batches. Must divide --batch-size.")
     student_pooling: Literal["mean", "cls"] = option(
         "mean", "span: how the student's sentence embedding is pooled (the pooling it will be used with).")
     teacher_prompt: str | None = option(None, "span: text put before every text the teacher reads (default: the "
@@ -147,6 +151,16 @@ class DistillConfig(TrainOptions):
                 raise ValueError("--kl-positions: only match / reduce take a KL")
         if self.relation_temperature <= 0:
             raise ValueError("--relation-temperature: must be positive")
+        if self.neighbour_batches:
+            if self.alignment in ("match", "reduce"):
+                raise ValueError("--neighbour-batches: for --alignment span (it groups by the teacher's sentence "
+                                 "embeddings)")
+            if self.neighbour_batches < 2 or self.batch_size % self.neighbour_batches:
+                raise ValueError(f"--neighbour-batches: {self.neighbour_batches} must be >= 2 and divide "
+                                 f"--batch-size {self.batch_size}")
+            if self.cache_teacher == "none":
+                raise ValueError("--neighbour-batches: clusters the cached teacher embeddings; not with "
+                                 "--cache-teacher none")
         if not 2 < self.teacher_max_length <= 8192:
             raise ValueError("--teacher-max-length: must be in 3..8192")
         if self.kl_top_k < 1:
@@ -453,12 +467,19 @@ def distill_span(config: DistillConfig, accelerator: Any, resume_from: Any, stud
                             teacher_pad_id=teacher_tok.pad_token_id or 0, mlm=config.alpha_mlm > 0)
     extra = {"data": {k: v for k, v in units.report.items() if k != "key"}, "alignment": "span",
              "teacher_spec": dataclasses.asdict(spec), "teacher_max_length": teacher_limit}
-    task = RepresentationTask(config, teacher, student, units, spec, extra)
+    task = RepresentationTask(config, teacher, student, units, spec, extra, collator=collator)
+    batcher = None
+    if config.neighbour_batches:
+        from distilrubert.neighbours import NeighbourBatches
+
+        batcher = NeighbourBatches(task, len(units), config.neighbour_batches, config.seed)
     logger.info("distilling %s (%s params) from %s (%s params, %s pooling%s, prompt %r), span alignment, %d texts",
                 config.student, f"{sum(p.numel() for p in student.parameters()):,}", config.teacher,
                 f"{sum(p.numel() for p in teacher.parameters()):,}", spec.pooling,
                 ", normalised" if spec.normalize else "", spec.prompt, len(units))
-    summary = train(config, task, units, collator, accelerator, resume_from)
+    summary = train(config, task, units, collator, accelerator, resume_from, batcher=batcher)
+    if batcher is not None:
+        summary["neighbour_batches"] = {"group": config.neighbour_batches, **batcher.report}
     save_final_output("distill", config, task, accelerator, summary)
     return summary
 

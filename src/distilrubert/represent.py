@@ -152,7 +152,7 @@ class RepresentationTask:
     """What the shared loop needs (module, setup, step losses, validation, saving) for a representation teacher."""
 
     def __init__(self, config: Any, teacher: Any, student: Any, units: Any, spec: Any, extra_info: dict[str, Any],
-                 card: Any = None) -> None:
+                 card: Any = None, collator: TextCollator | None = None) -> None:
         from distilrubert.losses import layer_pairs
 
         self.config = config
@@ -161,6 +161,8 @@ class RepresentationTask:
         self.spec = spec
         self.extra_info = extra_info
         self.card = card or span_model_card
+        self.collator = collator  # for computing missing targets outside a training batch (unit_embeddings)
+        self.accelerator: Any = None
         t_cfg = teacher.config
         n_teacher = model_layers(t_cfg)
         n_student = model_layers(student.config)
@@ -174,6 +176,7 @@ class RepresentationTask:
         from distilrubert.teacher_head import prepare_teacher
 
         prepare_teacher(self.teacher, accelerator)
+        self.accelerator = accelerator
         if self.config.cache_teacher != "none":
             self._open_caches(accelerator)
 
@@ -256,7 +259,8 @@ class RepresentationTask:
         rows = torch.from_numpy(np.flatnonzero(miss)).to(batch["teacher_input_ids"].device)
         t_mask = batch["teacher_attention_mask"][rows]
         width = max(1, int(t_mask.sum(1).max()))  # trim the padding the other rows needed
-        sub = {"teacher_input_ids": batch["teacher_input_ids"][rows, :width], "teacher_attention_mask": t_mask[:, :width]}
+        sub = {"teacher_input_ids": batch["teacher_input_ids"][rows, :width],
+               "teacher_attention_mask": t_mask[:, :width]}
         if self.group_cache is not None:
             sub.update(teacher_group=batch["teacher_group"][rows, :width], n_groups=batch["n_groups"])
         t_sentence, t_groups = self._teacher_outputs(sub)
@@ -267,6 +271,42 @@ class RepresentationTask:
             mine = miss[batch["group_batch_row"].cpu().numpy()]  # groups of the recomputed rows
             self.group_cache.misses += 1
             self.group_cache.put(seq[miss], batch["group_rows"].cpu().numpy()[mine], t_groups.cpu().numpy()[mine])
+
+    def unit_embeddings(self, unit_ids: np.ndarray) -> np.ndarray:
+        """``(len(unit_ids), teacher_dim)`` teacher sentence embeddings; the missing ones are computed first.
+
+        The main process runs the teacher over the uncached units (longest last, with a progress bar) and
+        caches them; the other processes wait and read.
+        """
+        from tqdm.auto import tqdm
+
+        from distilrubert.trainer import _to_device
+
+        if self.sentence_cache is None or self.collator is None:
+            raise ValueError("--neighbour-batches: needs the teacher's sentence embeddings cached "
+                             "(--cache-teacher outputs or auto)")
+        accelerator = self.accelerator
+        docs = np.asarray([self.units.doc_index(int(i)) for i in unit_ids], dtype=np.int64)
+        missing = np.asarray(unit_ids)[self.sentence_cache.missing(docs)]
+        if len(missing) and accelerator.is_main_process:
+            missing = missing[np.argsort(self.units.lengths()[missing], kind="stable")]
+            size = max(1, int(self.config.batch_size))
+            logger.info("computing the teacher's sentence embeddings of %d uncached texts", len(missing))
+            with torch.no_grad():
+                for begin in tqdm(range(0, len(missing), size), desc="teacher embeddings", unit="batch",
+                                  disable=not self.config.progress):
+                    chunk = missing[begin:begin + size]
+                    batch = _to_device(self.collator(chunk, step=begin, stream=2), accelerator.device)
+                    self._fill(batch, np.ones(len(chunk), dtype=bool))
+            self.sentence_cache.flush()
+            if self.group_cache is not None:
+                self.group_cache.flush()
+        accelerator.wait_for_everyone()
+        values = np.asarray(self.sentence_cache.values[docs], dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise ValueError(f"teacher cache {self.sentence_cache.directory}: non-finite sentence embeddings; "
+                             "delete the directory to recompute them")
+        return values
 
     def step_losses(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         sentence, groups = self._targets(batch)

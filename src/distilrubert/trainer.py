@@ -356,7 +356,7 @@ def _monitored(figures: dict[str, float]) -> float:
 
 
 def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerator: Any,
-          resume_from: Path | None) -> dict[str, Any]:
+          resume_from: Path | None, batcher: Callable[..., list[np.ndarray]] | None = None) -> dict[str, Any]:
     """Run the loop until ``--max-steps``; return the summary (also handed to ``task.save_final``).
 
     Args:
@@ -368,6 +368,8 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         collator: The :class:`distilrubert.data.Collator`.
         accelerator: An ``accelerate.Accelerator``.
         resume_from: Checkpoint directory to resume from, or ``None``.
+        batcher: ``(lengths, train_idx, batch_size, seed, epoch) -> batches`` of one epoch; default
+            :func:`distilrubert.data.length_grouped_batches` (e.g. :class:`distilrubert.neighbours.NeighbourBatches`).
     """
     import torch
     from tqdm.auto import tqdm
@@ -409,7 +411,7 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
                      for i in range(0, len(valid_idx), options.batch_size)][rank::world]
 
     def epoch_batches(epoch: int) -> list[np.ndarray]:
-        batches = length_grouped_batches(lengths, train_idx, options.batch_size, options.seed, epoch)
+        batches = (batcher or length_grouped_batches)(lengths, train_idx, options.batch_size, options.seed, epoch)
         usable = len(batches) // (world * accum) * (world * accum)
         if usable == 0:
             raise ValueError(f"--corpus: {len(train_idx)} training sequences give {len(batches)} batches of "
