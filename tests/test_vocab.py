@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import unicodedata
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -146,3 +147,37 @@ def test_default_corpus_is_the_embedded_sample(tmp_path):
     assert report["corpus"] == [str(sample_corpus())]
     assert report["train_documents"] > 2000
     assert len(_vocab_lines(out)) == 400
+
+
+def test_written_tokenizers_name_a_class_transformers_4_has(student_vocab_dir, tmp_path):
+    """transformers 5 writes "TokenizersBackend", which 4.x lacks; what this project writes names a class both have."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from distilrubert.vocab import make_tokenizer_portable
+
+    config = json.loads((student_vocab_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    tok = AutoTokenizer.from_pretrained(str(student_vocab_dir))
+    assert tok.is_fast and tok.mask_token == "[MASK]"  # (5.x's PreTrainedTokenizerFast is its TokenizersBackend)
+    # A directory saved by plain transformers 5 is repaired; a class both versions have is kept.
+    other = tmp_path / "other"
+    shutil.copytree(student_vocab_dir, other)
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "TokenizersBackend"}))
+    make_tokenizer_portable(other)
+    assert json.loads((other / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    text = "Ёжик в тумане, й"
+    assert AutoTokenizer.from_pretrained(str(other))(text)["input_ids"] == tok(text)["input_ids"]
+    # Another class is the author's choice and stays (5.x's BertTokenizer would rebuild the normaliser from
+    # the config, which is why this project never writes it for its own cased vocabularies).
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "BertTokenizer"}))
+    make_tokenizer_portable(other)
+    assert json.loads((other / "tokenizer_config.json").read_text())["tokenizer_class"] == "BertTokenizer"
+
+
+@pytest.mark.parametrize("model", sorted(p.name for p in (Path(__file__).parents[1] / "models").iterdir()
+                                          if (p / "tokenizer_config.json").is_file()))
+def test_embedded_models_name_a_portable_tokenizer_class(model):
+    config = json.loads((Path(__file__).parents[1] / "models" / model / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"

@@ -37,6 +37,7 @@ import numpy as np
 
 from distilrubert import runinfo
 from distilrubert.config import option, to_dict
+from distilrubert.vocab import save_pretrained_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ def preset_tokenizer(config: BenchConfig, workdir: Path):
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     hf = BertTokenizerFast(tokenizer_object=tok, do_lower_case=False, unk_token="[UNK]", pad_token="[PAD]",
                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
-    hf.save_pretrained(workdir / "preset-tokenizer")
+    save_pretrained_tokenizer(hf, workdir / "preset-tokenizer")
     return hf
 
 
@@ -284,7 +285,7 @@ def build_preset(name: str, tokenizer, workdir: Path, seed: int) -> Path:
                 param.add_(torch.randn_like(param) * 0.02)
     out = workdir / name
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_pretrained_tokenizer(tokenizer, out)
     return out
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from distilrubert import runinfo
 from distilrubert.config import option, to_dict
 from distilrubert.encoder import ONNX_FILE, ONNX_INT8_FILE, ort_session, pool
+from distilrubert.vocab import save_pretrained_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def export_encoder_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bo
         int8 = out_dir / ONNX_INT8_FILE
         quantize_graph(fp32, int8)
     model.config.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).save_pretrained(out_dir)
+    save_pretrained_tokenizer(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code), out_dir)
     return {"fp32": fp32, "int8": int8, "task": task, "fused": fused}
 
 
@@ -267,7 +268,7 @@ def write_sentence_transformers(model_dir: str | Path, out_dir: Path, max_length
 
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     model.save_pretrained(out_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).save_pretrained(out_dir)
+    save_pretrained_tokenizer(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code), out_dir)
     dim = getattr(model.config, "hidden_size", None) or model.config.dim
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import struct
 import tempfile
@@ -48,6 +47,7 @@ import numpy as np
 from distilrubert.config import option, to_dict
 from distilrubert.errors import DistilrubertError
 from distilrubert.runinfo import atomic_output_dir, check_output_dir, command_line, run_info, write_json
+from distilrubert.vocab import save_pretrained_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -321,14 +321,10 @@ def save_tokenizer(tok, f: E5File, out: Path) -> None:
                                    cls_token=p[sp["bos"]], sep_token=p[sp["eos"]], unk_token=p[sp["unk"]],
                                    pad_token=p[sp["pad"]], mask_token=mask,
                                    model_max_length=f.header["max_position_embeddings"])
-    fast.save_pretrained(str(out))
-    config_path = out / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    # PreTrainedTokenizerFast reads tokenizer.json as it is on transformers 4.x and 5.x ("TokenizersBackend"
-    # exists only in 5.x; 5.x's XLMRobertaTokenizer replaces the normaliser with the bare charsmap and so loses
-    # the NFC step: "и" + U+0306 stayed two characters).
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    write_json(config_path, config)
+    # PreTrainedTokenizerFast (save_pretrained_tokenizer) reads tokenizer.json as it is on transformers 4.x and
+    # 5.x; 5.x's XLMRobertaTokenizer replaces the normaliser with the bare charsmap and so loses the NFC step
+    # ("и" + U+0306 stayed two characters).
+    save_pretrained_tokenizer(fast, out)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -204,18 +204,48 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 """What a tokenizer directory written by :func:`save_tokenizer` holds."""
 
 
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+"""The class a written ``tokenizer_config.json`` names when transformers 5 would write ``TokenizersBackend``:
+it exists in transformers 4.x and 5.x and reads ``tokenizer.json`` as it is."""
+
+
+def make_tokenizer_portable(directory: str | Path) -> None:
+    """Let a tokenizer directory load on transformers 4.x too.
+
+    transformers 5 saves a tokenizer built from a ``tokenizers`` object as ``"tokenizer_class":
+    "TokenizersBackend"``, a class 4.x does not have (``AutoTokenizer`` fails there). Such a config, or one
+    without a class, is rewritten to :data:`PORTABLE_TOKENIZER_CLASS` when ``tokenizer.json`` is present;
+    other classes (``BertTokenizer`` ...) exist in both and are kept.
+    """
+    directory = Path(directory)
+    path = directory / "tokenizer_config.json"
+    if not path.is_file() or not (directory / "tokenizer.json").is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") in (None, "TokenizersBackend"):
+        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def save_pretrained_tokenizer(tokenizer: Any, directory: str | Path) -> None:
+    """``tokenizer.save_pretrained(directory)``, written so that transformers 4.x and 5.x both load it."""
+    tokenizer.save_pretrained(str(directory))
+    make_tokenizer_portable(directory)
+
+
 def copy_tokenizer_files(source: str | Path, target: str | Path) -> None:
-    """Copy the tokenizer files present in ``source`` into the model directory ``target``."""
+    """Copy the tokenizer files present in ``source`` into the model directory ``target`` (made portable)."""
     import shutil
 
     for name in TOKENIZER_FILES:
         if (Path(source) / name).is_file():
             shutil.copy2(Path(source) / name, Path(target) / name)
+    make_tokenizer_portable(target)
 
 
 def save_tokenizer(tokenizer, directory: Path) -> None:
     """Write tokenizer.json, tokenizer_config.json, vocab.txt and special_tokens_map.json."""
-    to_transformers(tokenizer).save_pretrained(directory)
+    save_pretrained_tokenizer(to_transformers(tokenizer), directory)
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     (directory / "vocab.txt").write_text("".join(tok + "\n" for tok, _ in vocab), encoding="utf-8")
     special = {f"{name}_token": f"[{name.upper()}]" for name in ("unk", "sep", "pad", "cls", "mask")}

@@ -38,6 +38,7 @@ from distilrubert.config import option, to_dict
 from distilrubert.runinfo import atomic_output_dir, check_output_dir, run_info, write_json
 from distilrubert.tasks import readers
 from distilrubert.tasks.metrics import classification_scores, majority_baseline, ner_scores, squad_scores
+from distilrubert.vocab import save_pretrained_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -654,7 +655,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     }
     with atomic_output_dir(config.output, overwrite=config.overwrite) as tmp:
         setup.model.to("cpu").save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_pretrained_tokenizer(tokenizer, tmp)
         write_json(tmp / "metrics.json", result)
         (tmp / "README.md").write_text(model_card(config, result, setup.labels), encoding="utf-8")
         write_json(tmp / "run.json", run_info("finetune", to_dict(config)))
