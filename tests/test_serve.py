@@ -139,7 +139,7 @@ def test_adaptive_wait_keeps_closed_loop_clients_in_one_batch(adaptive):
     # wait expects the previous batch's 4 requests and waits (at most one forward pass) for them.
     from concurrent.futures import ThreadPoolExecutor
 
-    from distilrubert.serve import MicroBatcher
+    from distilrubert.microbatch import MicroBatcher
 
     sizes = []
 

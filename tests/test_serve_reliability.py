@@ -14,7 +14,8 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distilrubert.serve import MicroBatcher, ServeConfig, create_app
+from distilrubert.microbatch import MicroBatcher
+from distilrubert.serve import ServeConfig, create_app
 
 
 class PoisonEncoder:
@@ -173,7 +174,8 @@ def test_fill_mask_over_the_model_positions_is_413(client):
 
 def test_unknown_paths_and_methods_answer_the_documented_error_shape(client):
     missing = client.get("/nowhere")
-    assert missing.status_code == 404 and missing.json() == {"error": {"code": "not_found", "message": "Not Found"}}
+    assert missing.status_code == 404 and missing.json() == {"error": {"code": "not_found", "message": "Not Found",
+                                                                   "type": "invalid_request_error", "param": None}}
     wrong = client.get("/embed")
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
     assert wrong.headers["allow"] == "POST"

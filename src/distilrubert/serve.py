@@ -44,6 +44,8 @@ from typing import Any, Literal
 import numpy as np
 
 from distilrubert.config import option
+from distilrubert.microbatch import MicroBatcher
+from distilrubert.openai_api import API_KEY_ENV, ApiKeyAuth, add_openai_routes
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,10 @@ class ServeConfig:
     max_chars: int = option(2000, "Most characters in one text (413 beyond).")
     max_length: int = option(128, "Texts are truncated to this many tokens.")
     trust_remote_code: bool = option(False, "Allow custom model code from the model directory.")
+    api_key: str | None = option(None, "Require `Authorization: Bearer KEY` on every endpoint but /health "
+                                 "(default: the DISTILRUBERT_API_KEY environment variable; none if unset).",
+                                 metavar="KEY")
+    auth: bool = option(True, "Refuse to bind beyond loopback without an API key (--no-auth: serve openly).")
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -90,129 +96,49 @@ class ServeConfig:
             raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("--api-key: empty")
+        if self.auth and self.api_key is None and self.host not in LOOPBACK:
+            raise ValueError(f"--host {self.host}: reachable from other machines, so an API key is required "
+                             f"(--api-key or {API_KEY_ENV}); --no-auth serves without one")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _config_int(model_dir: Path, *names: str) -> int | None:
+    """The first of ``names`` in the model's ``config.json`` that is a positive integer (else ``None``)."""
+    import json
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for name in names:
+        value = config.get(name) if isinstance(config, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _positions(model_dir: Path) -> int | None:
     """The model's ``max_position_embeddings`` from its ``config.json`` (``None`` when it does not say)."""
-    import json
+    return _config_int(model_dir, "max_position_embeddings")
 
-    try:
-        value = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) and value > 0 else None
+
+def _width(model_dir: Path) -> int | None:
+    """The width of the model's vectors (``dim`` of DistilBERT, ``hidden_size`` of BERT-like configs)."""
+    return _config_int(model_dir, "dim", "hidden_size")
 
 
 class ApiError(Exception):
     """An error answered with ``status`` and ``{"error": {"code", "message"}}``."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-class MicroBatcher:
-    """Collects items from concurrent requests into one call of ``fn(items) -> rows``.
-
-    ``submit(items)`` waits until a worker has run ``fn`` over a batch that contains ``items`` and
-    returns their rows. Requests that queued up while the previous batch ran join the next one; with
-    ``max_wait > 0`` a batch that is not full waits that long for more; with ``adaptive`` a batch with
-    fewer requests than the previous one waits for the missing ones for up to the previous forward pass's
-    duration (capped by ``adaptive_cap`` seconds).
-    """
-
-    def __init__(self, fn, executor: ThreadPoolExecutor, max_batch: int, max_wait: float, on_batch=None,
-                 adaptive: bool = False, adaptive_cap: float = 0.05):
-        self.fn, self.executor, self.max_batch, self.max_wait = fn, executor, max_batch, max_wait
-        self.on_batch = on_batch
-        self.adaptive, self.adaptive_cap = adaptive, adaptive_cap
-        self.expected = 1  # requests in the previous batch
-        self.last_run = 0.0  # seconds the previous forward pass took
-        self.queue: asyncio.Queue | None = None
-        self.task: asyncio.Task | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.queue = asyncio.Queue()
-        self.task = self.loop.create_task(self._worker())
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-
-    async def submit(self, items: list) -> Any:
-        if self.loop is not asyncio.get_running_loop():  # started lazily when run without lifespan events
-            self.start()
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((items, future))
-        return await future
-
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            pending = [await self.queue.get()]
-            size = len(pending[0][0])
-            # Take every request that queued up while the previous batch ran; then wait for more company only
-            # up to max_wait, or (adaptive) while fewer requests than last time are here, for at most the
-            # previous forward pass's duration.
-            start = loop.time()
-            deadline = start + self.max_wait
-            adaptive_deadline = start + min(self.last_run, self.adaptive_cap) if self.adaptive else start
-            while size < self.max_batch:
-                try:
-                    item = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    until = max(deadline, adaptive_deadline) if len(pending) < self.expected else deadline
-                    timeout = until - loop.time()
-                    if timeout <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), timeout)
-                    except TimeoutError:
-                        break
-                pending.append(item)
-                size += len(item[0])
-            items = [x for request, _ in pending for x in request]
-            self.expected = len(pending)
-            run_start = loop.time()
-            try:
-                rows = await loop.run_in_executor(self.executor, self.fn, items)
-                self.last_run = loop.time() - run_start
-            except Exception as err:
-                if len(pending) == 1:
-                    if not pending[0][1].done():
-                        pending[0][1].set_exception(err)
-                else:  # one bad request must not fail the others: rerun the batch one request at a time
-                    logger.warning("a micro-batch of %d requests failed (%s: %s); retrying them one by one",
-                                   len(pending), type(err).__name__, err)
-                    await self._one_by_one(pending)
-                continue
-            if self.on_batch:
-                self.on_batch(len(items))
-            offset = 0
-            for request, future in pending:
-                if not future.done():
-                    future.set_result(rows[offset : offset + len(request)])
-                offset += len(request)
-
-    async def _one_by_one(self, pending: list) -> None:
-        """Run each request of a failed batch on its own: only the requests that fail again get an error."""
-        loop = asyncio.get_running_loop()
-        for request, future in pending:
-            if future.done():  # the client went away
-                continue
-            try:
-                rows = await loop.run_in_executor(self.executor, self.fn, request)
-            except Exception as err:
-                if not future.done():
-                    future.set_exception(err)
-                continue
-            if self.on_batch:
-                self.on_batch(len(request))
-            if not future.done():
-                future.set_result(rows)
+        self.status, self.code, self.message, self.param = status, code, message, param
 
 
 @dataclass
@@ -337,11 +263,16 @@ class LimitsAndMetrics:
         return replayed, False
 
 
-def error_response(status: int, code: str, message: str, **extra):
-    """The JSON error every endpoint answers with: ``{"error": {"code", "message", ...}}``."""
+def error_response(status: int, code: str, message: str, param: str | None = None, **extra):
+    """The JSON error every endpoint answers with: ``{"error": {"code", "message", "type", "param", ...}}``.
+
+    ``type`` and ``param`` make it OpenAI's error shape as well (what its clients parse).
+    """
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return JSONResponse({"error": {"code": code, "message": message, "type": kind, "param": param, **extra}},
+                        status_code=status)
 
 
 def _heads(model_dir: Path, trust_remote_code: bool) -> dict[str, str]:
@@ -405,6 +336,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
 
     heads = _heads(model_dir, config.trust_remote_code)
     encoder, pipes = executor.submit(load).result()
+    width = _width(model_dir) or int(executor.submit(lambda: encoder.encode(["."]).shape[1]).result())
     metrics = Metrics()
     # The body cap: every text at its limit, 4 bytes a character (UTF-8 worst case) plus JSON overhead.
     max_body = config.max_texts * (config.max_chars * 4 + 16) + 4096
@@ -443,27 +375,28 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
         texts: list[str] = Field(description="Texts (fill-mask: each with the tokenizer's mask token).")
         top_k: int = Field(5, ge=1, le=50, description="fill-mask: candidates per mask.")
 
-    def check_texts(texts: list[str]) -> None:
+    def check_texts(texts: list[str], field: str = "texts") -> None:
         if not texts:
-            raise ApiError(422, "empty_request", "texts must hold at least one text")
+            raise ApiError(422, "empty_request", f"{field} must hold at least one text", field)
         if len(texts) > config.max_texts:
-            raise ApiError(413, "too_many_texts", f"{len(texts)} texts; the limit is {config.max_texts} per request")
+            raise ApiError(413, "too_many_texts", f"{len(texts)} texts; the limit is {config.max_texts} per request",
+                           field)
         for i, text in enumerate(texts):
             if len(text) > config.max_chars:
                 raise ApiError(413, "text_too_long",
-                               f"texts[{i}] has {len(text)} characters; the limit is {config.max_chars}")
+                               f"{field}[{i}] has {len(text)} characters; the limit is {config.max_chars}", field)
             # JSON's \ud800 escapes decode to lone surrogates, which pass the schema but no tokenizer takes
             # (it would raise inside a shared micro-batch). ASCII, the common case, needs no encode.
             if not text.isascii():
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError as err:
-                    raise ApiError(422, "invalid_unicode", f"texts[{i}] is not valid Unicode: a lone surrogate "
-                                   f"at character {err.start}") from None
+                    raise ApiError(422, "invalid_unicode", f"{field}[{i}] is not valid Unicode: a lone surrogate "
+                                   f"at character {err.start}", field) from None
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
-        return error_response(err.status, err.code, err.message)
+        return error_response(err.status, err.code, err.message, err.param)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError):
@@ -488,6 +421,8 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
         return error_response(500, "internal_error", f"{type(err).__name__}")
 
     app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body=max_body)
+    if config.api_key:  # added last, so it runs first: a request without the key is not even read
+        app.add_middleware(ApiKeyAuth, key=config.api_key)
 
     @app.post("/embed", response_model=EmbedResponse, summary="Embed texts")
     async def embed(body: EmbedRequest):
@@ -504,6 +439,29 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
         # + jsonable_encoder: both cost more per request than a micro-batched forward pass of a tiny model.
         payload = {"embeddings": vectors, "dim": int(vectors.shape[1]), "model": model_dir.name}
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    class Embeddings:  # the EmbeddingService of /v1/embeddings
+        model_name, dim = model_dir.name, width
+
+        @staticmethod
+        def check_texts(texts: list[str], field: str) -> None:
+            check_texts(texts, field)
+
+        @staticmethod
+        async def embed(texts: list[str]) -> np.ndarray:
+            if config.batching:
+                return await batchers["mean"].submit(texts)
+            return await asyncio.get_running_loop().run_in_executor(executor, embed_rows("mean"), texts)
+
+        @staticmethod
+        def count_tokens(texts: list[str]) -> int:
+            ids = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length)["input_ids"]
+            return sum(len(row) for row in ids)
+
+    def raise_error(status: int, code: str, message: str, param: str | None = None):
+        raise ApiError(status, code, message, param)
+
+    add_openai_routes(app, Embeddings(), raise_error)
 
     @app.post("/fill-mask", summary="Fill the mask token (models with an MLM head)")
     async def fill_mask(body: TextsRequest) -> dict:
@@ -541,7 +499,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
     @app.get("/health", summary="Liveness and what this server offers")
     async def health() -> dict:
         return {"status": "ok", "model": str(model_dir), "backend": encoder.backend, "batching": config.batching,
-                "endpoints": ["/embed", *(f"/{k}" for k in pipes)],
+                "endpoints": ["/embed", "/v1/embeddings", *(f"/{k}" for k in pipes)], "auth": bool(config.api_key),
                 "limits": {"max_texts": config.max_texts, "max_chars": config.max_chars,
                            "max_length": config.max_length}}
 
@@ -578,9 +536,9 @@ def run(config: ServeConfig) -> int:
     """Entry point of ``distilrubert serve``: build the app and run uvicorn until interrupted."""
     import uvicorn
 
-    if config.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("binding %s: the server is reachable from other machines; it has no authentication",
-                       config.host)
+    if config.host not in LOOPBACK:
+        logger.warning("binding %s: the server is reachable from other machines (%s)", config.host,
+                       "API key required" if config.api_key else "no authentication: --no-auth")
     # A micro-batch is at most --max-batch-size texts: tokenizing it on the Rust tokenizer's thread pool gains
     # nothing, and that pool's threads, spinning after each batch, took cores from the forward pass under
     # load. An explicit setting is kept.
