@@ -233,3 +233,14 @@ def test_distill_with_neighbour_batches_fills_the_cache_first(tmp_path, _e5_like
     with pytest.raises(ValueError, match="--neighbour-batches: clusters the cached teacher embeddings"):
         _distill(_e5_like_teacher, _sp_student, corpus, tmp_path / "m", tmp_path / "cache", neighbour_batches=4,
                  cache_teacher="none")
+
+
+def test_chain_order_puts_similar_clusters_next_to_each_other():
+    from distilrubert.neighbours import chain_order
+
+    angles = np.array([0.0, 3.0, 0.2, 2.8, 1.5])  # 0 ~ 2, 1 ~ 3, 4 between
+    centroids = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    position = chain_order(centroids)
+    assert sorted(position.tolist()) == list(range(5))
+    tour = np.argsort(position).tolist()
+    assert tour == [0, 2, 4, 3, 1]

@@ -28,7 +28,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NeighbourBatches", "TargetSource", "neighbour_batches"]
+__all__ = ["NeighbourBatches", "TargetSource", "chain_order", "neighbour_batches"]
 
 
 class TargetSource(Protocol):
@@ -65,6 +65,27 @@ def neighbour_batches(labels: np.ndarray, train_idx: np.ndarray, batch_size: int
     return [groups[b * per_batch:(b + 1) * per_batch].reshape(-1) for b in range(n_batches)]
 
 
+def chain_order(centroids: np.ndarray) -> np.ndarray:
+    """``(k,)`` new label of each centroid: its position on a greedy nearest-neighbour tour (cosine).
+
+    >>> chain_order(np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])).tolist()  # 0 -> 2 -> 1
+    [0, 2, 1]
+    """
+    unit = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    k = len(unit)
+    visited = np.zeros(k, dtype=bool)
+    position = np.empty(k, dtype=np.int64)
+    current = 0
+    for step in range(k):
+        visited[current] = True
+        position[current] = step
+        if step + 1 < k:
+            sims = unit @ unit[current]
+            sims[visited] = -np.inf
+            current = int(np.argmax(sims))
+    return position
+
+
 class NeighbourBatches:
     """The ``batcher`` of :func:`distilrubert.trainer.train` for ``--neighbour-batches``.
 
@@ -86,6 +107,10 @@ class NeighbourBatches:
         kmeans = MiniBatchKMeans(n_clusters=n_clusters, batch_size=4096, n_init=1, max_iter=20,
                                  random_state=self.seed)
         labels = kmeans.fit_predict(vectors).astype(np.int64)
+        # k-means on sentence embeddings gives clusters of very uneven size (many smaller than a group), so
+        # groups often span several clusters: relabel them along a nearest-centroid chain so that the
+        # clusters a group spans are neighbours too.
+        labels = chain_order(kmeans.cluster_centers_)[labels]
         sizes = np.bincount(labels, minlength=n_clusters)
         self.report = {"clusters": n_clusters, "median_cluster": int(np.median(sizes)),
                        "largest_cluster": int(sizes.max()), "seconds": round(time.perf_counter() - start, 1)}
