@@ -244,3 +244,20 @@ def test_chain_order_puts_similar_clusters_next_to_each_other():
     assert sorted(position.tolist()) == list(range(5))
     tour = np.argsort(position).tolist()
     assert tour == [0, 2, 4, 3, 1]
+
+
+def test_neighbour_batches_keep_lengths_together():
+    from distilrubert.neighbours import neighbour_batches
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 20, 4000)
+    lengths = rng.integers(5, 128, 4000)
+    train = np.arange(4000)
+    batches = neighbour_batches(labels, train, batch_size=64, group=16, seed=1, epoch=0, lengths=lengths)
+    assert len(np.unique(np.concatenate(batches))) == sum(len(b) for b in batches) >= 4000 - 2 * 64
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    real = sum(lengths[b].sum() for b in batches)
+    assert padded / real < 1.3  # random batches of these lengths pad to about 1.9x
+    # Groups still come from one cluster each, bar the seams between clusters (at most one per cluster).
+    mixed = sum(len(set(labels[g])) > 1 for batch in batches for g in batch.reshape(-1, 16))
+    assert mixed < 20

@@ -40,29 +40,43 @@ class TargetSource(Protocol):
 
 
 def neighbour_batches(labels: np.ndarray, train_idx: np.ndarray, batch_size: int, group: int, seed: int,
-                      epoch: int) -> list[np.ndarray]:
-    """One epoch of batches: ``train_idx`` ordered by (cluster, random), cut into groups, groups shuffled.
+                      epoch: int, lengths: np.ndarray | None = None, window: int = 64) -> list[np.ndarray]:
+    """One epoch of batches of ``batch_size / group`` groups, each group ``group`` texts of one cluster.
+
+    ``train_idx`` is ordered by (cluster, length, random) and cut into groups, so a group also holds texts of
+    similar length; the groups are shuffled, then sorted by their longest text within windows of
+    ``window`` batches, so that the groups of a batch need about the same padding (a batch of random
+    lengths pads to its longest text: about 3x the tokens on the reference corpus). The batches are
+    shuffled at the end.
 
     Args:
         labels: ``(n_units,)`` cluster of every unit.
         train_idx: The training units.
         batch_size: Texts per batch (a multiple of ``group``).
-        group: Consecutive texts of one cluster per group.
+        group: Texts of one cluster per group.
         seed, epoch: The order is a function of these only.
+        lengths: ``(n_units,)`` token counts (``None``: all equal).
+        window: Batches whose groups are sorted by length together.
 
     Returns:
-        ``len(train_idx) // batch_size`` batches; every training unit appears at most once (the remainder
-        of the shuffled groups is left for the next epoch's different cut, as in the length-grouped batches).
+        ``len(train_idx) // batch_size`` batches (fewer when the groups do not fill the last one); every
+        training unit appears at most once.
     """
     rng = np.random.default_rng([seed, epoch, 7])
     order = rng.permutation(train_idx)
-    order = order[np.argsort(labels[order], kind="stable")]  # by cluster; random inside a cluster
+    size = np.zeros(len(labels), dtype=np.int64) if lengths is None else np.asarray(lengths)
+    order = order[np.lexsort((size[order], labels[order]))]  # by cluster, then length; random among equals
     n_groups = len(order) // group
-    groups = order[: n_groups * group].reshape(n_groups, group)
-    groups = groups[rng.permutation(n_groups)]
+    groups = order[: n_groups * group].reshape(n_groups, group)[rng.permutation(n_groups)]
     per_batch = batch_size // group
+    span = window * per_batch
+    longest = size[groups].max(axis=1)
+    for begin in range(0, n_groups, span):
+        part = slice(begin, begin + span)
+        groups[part] = groups[part][np.argsort(longest[part], kind="stable")]
     n_batches = n_groups // per_batch
-    return [groups[b * per_batch:(b + 1) * per_batch].reshape(-1) for b in range(n_batches)]
+    batches = [groups[b * per_batch:(b + 1) * per_batch].reshape(-1) for b in range(n_batches)]
+    return [batches[i] for i in rng.permutation(n_batches)]
 
 
 def chain_order(centroids: np.ndarray) -> np.ndarray:
@@ -123,4 +137,4 @@ class NeighbourBatches:
                  epoch: int) -> list[np.ndarray]:
         if self.labels is None:
             self.labels = self._cluster()
-        return neighbour_batches(self.labels, train_idx, batch_size, self.group, seed, epoch)
+        return neighbour_batches(self.labels, train_idx, batch_size, self.group, seed, epoch, lengths)
