@@ -76,7 +76,7 @@ def main() -> None:
 
     from distilrubert.distill import DistillConfig, load_student, resolve_for_teacher
     from distilrubert.represent import RepresentationTask, TextCollator
-    from distilrubert.student_init import load_teacher
+    from distilrubert.loading import load_teacher
     from distilrubert.teacher_spec import read_teacher_spec
     from distilrubert.textunits import build_text_units
 

@@ -490,7 +490,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
 
     from distilrubert.align import make_alignment
     from distilrubert.data import Collator, build_sequences, smoothed_token_probs, word_masking
-    from distilrubert.student_init import has_mlm_head, load_teacher
+    from distilrubert.loading import has_mlm_head, load_teacher
     from distilrubert.tokenmap import TokenMap
     from distilrubert.trainer import make_accelerator, prepare_output, save_final_output, train
 
