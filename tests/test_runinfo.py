@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from distilrubert.cli import main
+from distilrubert.run_output import prepare_output
 from distilrubert.runinfo import atomic_output_dir, check_output_dir, run_info, write_json
-from distilrubert.trainer import TrainOptions, prepare_output
+from distilrubert.trainer import TrainOptions
 
 
 def _files(root: Path) -> dict[str, str]:

@@ -446,9 +446,10 @@ def distill_span(config: DistillConfig, accelerator: Any, resume_from: Any, stud
 
     from distilrubert.data import smoothed_token_probs
     from distilrubert.represent import RepresentationTask, TextCollator
+    from distilrubert.run_output import save_final_output
     from distilrubert.teacher_spec import read_teacher_spec
     from distilrubert.textunits import build_text_units
-    from distilrubert.trainer import save_final_output, train
+    from distilrubert.trainer import train
 
     spec = read_teacher_spec(config.teacher)
     if config.teacher_prompt is not None:
@@ -491,8 +492,9 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     from distilrubert.align import make_alignment
     from distilrubert.data import Collator, build_sequences, smoothed_token_probs, word_masking
     from distilrubert.loading import has_mlm_head, load_teacher
+    from distilrubert.run_output import prepare_output, save_final_output
     from distilrubert.tokenmap import TokenMap
-    from distilrubert.trainer import make_accelerator, prepare_output, save_final_output, train
+    from distilrubert.trainer import make_accelerator, train
 
     accelerator = make_accelerator(config)
     resume_from = prepare_output(config, accelerator.is_main_process)

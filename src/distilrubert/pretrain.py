@@ -161,7 +161,8 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from distilrubert.data import Collator, build_sequences, smoothed_token_probs
-    from distilrubert.trainer import make_accelerator, prepare_output, save_final_output, train
+    from distilrubert.run_output import prepare_output, save_final_output
+    from distilrubert.trainer import make_accelerator, train
 
     accelerator = make_accelerator(config)
     resume_from = prepare_output(config, accelerator.is_main_process)

@@ -280,7 +280,7 @@ class RepresentationTask:
         """
         from tqdm.auto import tqdm
 
-        from distilrubert.trainer import _to_device
+        from distilrubert.trainer import to_device
 
         if self.sentence_cache is None or self.collator is None:
             raise ValueError("--neighbour-batches: needs the teacher's sentence embeddings cached "
@@ -296,7 +296,7 @@ class RepresentationTask:
                 for begin in tqdm(range(0, len(missing), size), desc="teacher embeddings", unit="batch",
                                   disable=not self.config.progress):
                     chunk = missing[begin:begin + size]
-                    batch = _to_device(self.collator(chunk, step=begin, stream=2), accelerator.device)
+                    batch = to_device(self.collator(chunk, step=begin, stream=2), accelerator.device)
                     self._fill(batch, np.ones(len(chunk), dtype=bool))
             self.sentence_cache.flush()
             if self.group_cache is not None:

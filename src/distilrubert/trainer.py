@@ -32,32 +32,67 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from distilrubert import checkpoint as ckpt
 from distilrubert.config import option
-from distilrubert.runinfo import check_replaceable, write_json
+from distilrubert.errors import TrainingDiverged
+from distilrubert.run_output import Checkpoints, check_settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainOptions", "TrainingDivergedError", "latest_checkpoint", "make_scheduler", "train", "tune_malloc"]
+__all__ = ["StepHook", "TrainOptions", "TrainTask", "TrainingDivergedError", "make_scheduler", "test_hooks", "train",
+           "tune_malloc"]
 
-CHECKPOINTS = "checkpoints"
-_CKPT = ckpt.STEP_DIR
-# Test hook: SIGKILL the process itself right after this optimizer step (used by the resume test).
+# Test hook: SIGKILL the process itself right after this optimizer step (used by the resume tests, which run
+# the CLI in a subprocess). Read once by test_hooks(), never inside the loop.
 KILL_ENV = "DISTILRUBERT_TEST_SIGKILL_AT_STEP"
 
+TrainingDivergedError = TrainingDiverged  # the name this module used before errors.py had the error family
 
-class TrainingDivergedError(ValueError):
-    """The loss became NaN or infinite; the message names the last good checkpoint."""
+StepHook = Callable[[int], None]
+"""Called with the step number after each optimizer step (and its checkpoint, when one is due)."""
+
+
+class TrainTask(Protocol):
+    """What a training task (``distill``'s alignments, its span task, ``pretrain``) gives the shared loop."""
+
+    module: Any  # the trainable ``nn.Module`` (student plus any projections)
+
+    def setup(self, accelerator: Any) -> None:
+        """Once, after ``accelerator.prepare`` (teacher to the device, caches opened)."""
+
+    def step_losses(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        """The losses of one batch (tensors; ``"loss"`` is the one optimised)."""
+
+    def eval_names(self) -> list[str]:
+        """The validation figures this task reports (``valid_<name>``)."""
+
+    def eval_sums(self, module: Any, batch: dict[str, Any]) -> dict[str, tuple[float, float]]:
+        """Per name, ``(sum, count)`` over one validation batch (averaged over all batches and processes)."""
+
+    def save_final(self, module: Any, directory: Path, summary: dict[str, Any]) -> None:
+        """Write the trained model (and its card and report) into ``directory``."""
+
+
+def test_hooks() -> list[StepHook]:
+    """The hooks the test suite asks for through the environment (``DISTILRUBERT_TEST_SIGKILL_AT_STEP``)."""
+    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+    if not kill_at:
+        return []
+
+    def sigkill(step: int) -> None:
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return [sigkill]
 
 
 @dataclass(kw_only=True)
@@ -124,60 +159,6 @@ class TrainOptions:
             raise ValueError("--max-length: at most 512")
         if self.schedule == "plateau" and (self.eval_every == 0 or self.valid_fraction == 0):
             raise ValueError("--schedule plateau: needs validation (--eval-every > 0 and --valid-fraction > 0)")
-
-
-def latest_checkpoint(output: str | Path) -> Path | None:
-    """The newest checkpoint directory under ``OUTPUT/checkpoints`` (verified or not), if any."""
-    found = ckpt.step_dirs(Path(output))
-    return found[0] if found else None
-
-
-def _check_settings(output: Path, chosen: Path, saved: dict[str, Any], options: TrainOptions,
-                    resolved: bool = True) -> dict[str, list[Any]]:
-    """The differences between the run's settings and the checkpoint's; ``ValueError`` unless ``--force-resume``.
-
-    ``resolved=False`` (before the verb has resolved its ``auto`` / unset options): those are skipped, so
-    that the early check cannot refuse a run the full check in :func:`train` would accept.
-    """
-    current = ckpt.run_settings(options)
-    if not resolved:
-        current = {k: saved[k] if v in (None, "auto") and k in saved else v for k, v in current.items()}
-    differences = ckpt.settings_differences(saved, current)
-    if differences and not options.force_resume:
-        raise ValueError(f"--output {output}: {chosen.name} was written by a run with other settings: "
-                         f"{ckpt.describe_differences(differences)} (pass --force-resume to continue it with the "
-                         "new ones, or --overwrite to start over)")
-    return differences
-
-
-def prepare_output(options: TrainOptions, main: bool = True) -> Path | None:
-    """Check ``--output`` before any work; return the checkpoint to resume from, if any.
-
-    With ``--overwrite`` the main process removes the old directory (the others just start fresh).
-    """
-    output = Path(options.output)
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"--output {output} exists and is not a directory")
-    latest = latest_checkpoint(output)
-    finished = (output / "run.json").is_file()
-    if options.overwrite and output.is_dir():
-        check_replaceable(output)
-        if main:
-            shutil.rmtree(output)
-        return None
-    if finished:
-        raise FileExistsError(f"--output {output} already holds a finished run (pass --overwrite to replace it)")
-    if latest is not None:
-        if options.resume:
-            chosen = ckpt.select_checkpoint(output, warn=main)
-            if chosen is not None:  # an early check; train() compares the resolved settings
-                saved = json.loads((chosen / "settings.json").read_text(encoding="utf-8"))
-                _check_settings(output, chosen, saved, options, resolved=False)
-            return chosen
-        raise FileExistsError(f"--output {output} holds checkpoints; pass --resume to continue or --overwrite")
-    if output.is_dir() and any(p.name not in (CHECKPOINTS, "metrics.jsonl") for p in output.iterdir()):
-        raise FileExistsError(f"--output {output} already exists and is not empty (pass --overwrite to replace it)")
-    return None
 
 
 def tune_malloc() -> bool:
@@ -294,7 +275,7 @@ def make_accelerator(options: TrainOptions) -> Any:
     return Accelerator(mixed_precision=_mixed_precision(options.mixed_precision), cpu=not torch.cuda.is_available())
 
 
-def _to_device(batch: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
+def to_device(batch: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
     import torch
 
     return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
@@ -355,21 +336,21 @@ def _monitored(figures: dict[str, float]) -> float:
     return figures.get("valid_loss", figures.get("valid_mlm", math.nan))
 
 
-def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerator: Any,
-          resume_from: Path | None, batcher: Callable[..., list[np.ndarray]] | None = None) -> dict[str, Any]:
+def train(options: TrainOptions, task: TrainTask, store: Any, collator: Any, accelerator: Any,
+          resume_from: Path | None, batcher: Callable[..., list[np.ndarray]] | None = None,
+          hooks: list[StepHook] | None = None) -> dict[str, Any]:
     """Run the loop until ``--max-steps``; return the summary (also handed to ``task.save_final``).
 
     Args:
         options: The loop options.
-        task: Provides ``module`` (the trainable ``nn.Module``), ``setup(accelerator)``,
-            ``step_losses(model, batch) -> dict`` (with ``"loss"``), ``eval_sums(module, batch) -> dict``
-            of ``(sum, count)`` and ``save_final(module, directory, summary)``.
+        task: The :class:`TrainTask`.
         store: The :class:`distilrubert.data.SequenceStore`.
         collator: The :class:`distilrubert.data.Collator`.
         accelerator: An ``accelerate.Accelerator``.
         resume_from: Checkpoint directory to resume from, or ``None``.
         batcher: ``(lengths, train_idx, batch_size, seed, epoch) -> batches`` of one epoch; default
             :func:`distilrubert.data.length_grouped_batches` (e.g. :class:`distilrubert.neighbours.NeighbourBatches`).
+        hooks: :data:`StepHook` callables run after every step (default: :func:`test_hooks`).
     """
     import torch
     from tqdm.auto import tqdm
@@ -394,7 +375,7 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         saved_state, saved_settings = ckpt.load_checkpoint(
             resume_from, rank=rank, device=accelerator.device, module=accelerator.unwrap_model(model),
             optimizer=optimizer, scheduler=scheduler, scaler=accelerator.scaler)
-        differences = _check_settings(output, resume_from, saved_settings, options)
+        differences = check_settings(output, resume_from, saved_settings, options)
         state.update(saved_state)
         logger.info("resumed from %s (step %d)", resume_from, state["step"])
         if differences:  # --force-resume
@@ -425,7 +406,7 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         with torch.no_grad(), accelerator.autocast():
             for i, idx in enumerate(valid_batches):
                 # Fixed masks for validation: stream 1 is never used by training steps.
-                batch = _to_device(collator(idx, step=i * world + rank, stream=1), accelerator.device)
+                batch = to_device(collator(idx, step=i * world + rank, stream=1), accelerator.device)
                 for key, (total, count) in task.eval_sums(module, batch).items():
                     sums[f"{key}_sum"] = sums.get(f"{key}_sum", 0.0) + float(total)
                     sums[f"{key}_count"] = sums.get(f"{key}_count", 0.0) + float(count)
@@ -439,34 +420,16 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
             out[f"valid_{name}"] = total / count if count else float("nan")
         return out
 
+    checkpoints = Checkpoints(output, accelerator, options.keep_checkpoints)
+
     def save_checkpoint() -> Path:
-        root = output / CHECKPOINTS
-        final = root / f"step-{state['step']:08d}"
-        tmp = root / f".step-{state['step']:08d}.partial"
-        if main:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-        accelerator.wait_for_everyone()
-        ckpt.write_checkpoint(tmp, main=main, rank=rank, device_type=accelerator.device.type,
-                              module=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
-                              scaler=accelerator.scaler, state=state, settings=ckpt.run_settings(options))
-        accelerator.wait_for_everyone()
-        if main:
-            ckpt.publish(tmp, final)
-            done = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT.match(p.name)))
-            # Newer ones are left from before a resume that fell back past them (corrupt): this run
-            # rewrites those steps, and they must not push good checkpoints out of --keep-checkpoints.
-            stale = [p for n, p in done if n > state["step"]]
-            for old in stale + [p for n, p in done if n <= state["step"]][:-options.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return final
+        return checkpoints.save(step=state["step"], module=accelerator.unwrap_model(model), optimizer=optimizer,
+                                scheduler=scheduler, state=state, settings=ckpt.run_settings(options))
 
     last_good = resume_from
     history: dict[str, list[tuple[int, float]]] = {}
     valid_history: list[dict[str, Any]] = []
-    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+    hooks = test_hooks() if hooks is None else hooks
     bar = tqdm(total=options.max_steps, initial=state["step"], desc="training", unit="step",
                disable=not (main and options.progress), dynamic_ncols=True)
     window_tokens, window_start = 0, time.perf_counter()
@@ -490,7 +453,7 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         for i in range(accum):
             idx = batches[state["batch_in_epoch"] + i]
             micro_step = (state["step"] * accum + i) * world + rank
-            batch = _to_device(collator(idx, step=micro_step), accelerator.device)
+            batch = to_device(collator(idx, step=micro_step), accelerator.device)
             step_tokens += int(batch["attention_mask"].sum())
             sync = contextlib.nullcontext() if i == accum - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
@@ -506,7 +469,7 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
             metrics.close()
             bar.close()
             where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
-            raise TrainingDivergedError(f"loss is {parts['loss']} at step {state['step'] + 1} "
+            raise TrainingDiverged(f"loss is {parts['loss']} at step {state['step'] + 1} "
                                         f"({', '.join(f'{k}={v:.4g}' for k, v in parts.items())}); stopped; {where}")
         if options.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
@@ -540,8 +503,8 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         if (options.save_every and state["step"] % options.save_every == 0) or last_step:
             state["elapsed"] = time.perf_counter() - run_start
             last_good = save_checkpoint()
-        if kill_at and state["step"] == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        for hook in hooks:
+            hook(state["step"])
     bar.close()
     metrics.close()
     unwrapped = accelerator.unwrap_model(model)
@@ -557,46 +520,3 @@ def train(options: TrainOptions, task: Any, store: Any, collator: Any, accelerat
         "validation": valid_history, "rank_weight_sha256": digests,
         "last_checkpoint": str(last_good) if last_good else None, "forced_resumes": state["forced_resumes"],
     }
-
-
-def finish_output(output: Path, write: Callable[[Path], None]) -> None:
-    """Write the final files into ``output`` atomically: built in a temporary directory, each file renamed in.
-
-    ``run.json`` is written by ``write`` and moved last, so its presence marks a finished run.
-    """
-    tmp = output / ".final.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    names = sorted((p.name for p in tmp.iterdir()), key=lambda n: n == "run.json")
-    for name in names:
-        target = output / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(tmp / name, target)
-    tmp.rmdir()
-
-
-def save_final_output(command: str, options: TrainOptions, task: Any, accelerator: Any,
-                      summary: dict[str, Any]) -> None:
-    """The main process writes the trained model into ``options.output`` (``finish_output``) with its
-    ``run.json``; every process waits for it."""
-    from distilrubert.config import to_dict
-    from distilrubert.runinfo import run_info
-
-    if accelerator.is_main_process:
-        module = accelerator.unwrap_model(task.module)
-
-        def write(tmp: Path) -> None:
-            task.save_final(module, tmp, summary)
-            forced = {"forced_resumes": summary["forced_resumes"]} if summary.get("forced_resumes") else {}
-            write_json(tmp / "run.json", run_info(command, to_dict(options), seed=options.seed,
-                                                  steps=summary["steps"], **forced))
-
-        finish_output(Path(options.output), write)
-        logger.info("wrote %s", options.output)
-    accelerator.wait_for_everyone()
