@@ -75,8 +75,8 @@ def main() -> None:
     from accelerate import Accelerator
 
     from distilrubert.distill import DistillConfig, load_student, resolve_for_teacher
-    from distilrubert.represent import RepresentationTask, TextCollator
     from distilrubert.loading import load_teacher
+    from distilrubert.represent import RepresentationTask, TextCollator
     from distilrubert.teacher_spec import read_teacher_spec
     from distilrubert.textunits import build_text_units
 
