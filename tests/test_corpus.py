@@ -147,3 +147,27 @@ def test_build_script_reproduces_the_embedded_sample(tmp_path):
                     "--seed", str(summary["seed"])], check=True, capture_output=True)
     rebuilt = json.loads((tmp_path / "sample_corpus.json").read_text(encoding="utf-8"))
     assert rebuilt == summary
+
+
+def test_deeply_nested_json_and_lone_surrogates_are_bad_lines_not_tracebacks(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "первая"}\n' + "[" * 100_000 + "]" * 100_000 + '\n{"text": "a\\ud800b"}\n'
+                    '{"text": "последняя"}\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: invalid JSON: nested too deeply"):
+        list(Corpus([path]))
+    corpus = Corpus([path], on_error="skip")
+    assert list(corpus) == ["первая", "последняя"]
+    assert corpus.first_errors[1].endswith("c.jsonl:3: not valid Unicode: a lone surrogate (U+D800) at character 1")
+
+
+def test_a_truncated_gzip_names_the_line_and_skip_keeps_what_was_read(tmp_path):
+    data = gzip.compress("".join(f'{{"text": "строка {i}"}}\n' for i in range(3000)).encode("utf-8"))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorpusError, match=r"cut\.jsonl\.gz: cannot read after line \d+ \(corrupt or truncated file\?\)"
+                                          r".*pass --on-error skip to keep the lines read before it"):
+        list(Corpus([path]))
+    corpus = Corpus([path], on_error="skip")
+    texts = list(corpus)
+    assert 0 < len(texts) < 3000 and texts[0] == "строка 0"
+    assert corpus.skipped == {str(path): 1} and "cannot read after line" in corpus.first_errors[0]

@@ -27,6 +27,7 @@ import json
 import logging
 import sys
 import unicodedata
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -184,6 +185,7 @@ class Corpus:
             raw = opener(path, "rb")
         except OSError as err:
             raise CorpusError(f"{path}: cannot open: {err.strerror or err}") from err
+        number = 0
         with raw:
             try:
                 for number, line in enumerate(raw, start=1):
@@ -192,8 +194,17 @@ class Corpus:
                     except UnicodeDecodeError as err:
                         yield number, None
                         logger.debug("%s:%d: %s", path, number, err)
-            except (OSError, EOFError, gzip.BadGzipFile) as err:
-                raise CorpusError(f"{path}: cannot read (corrupt or truncated file?): {err}") from err
+            except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
+                where = f"after line {number}" if number else "at the start"
+                message = f"{path}: cannot read {where} (corrupt or truncated file?): {err}"
+                if self.on_error == "raise":
+                    raise CorpusError(message + " (pass --on-error skip to keep the lines read before it)") from err
+                # The lines before the damage were good and are kept; the rest of the file is lost.
+                logger.warning("%s; the %d lines before it are kept, the rest of the file is skipped", message,
+                               number)
+                self.skipped[str(path)] = self.skipped.get(str(path), 0) + 1
+                if len(self.first_errors) < 10:
+                    self.first_errors.append(message)
 
     def _field(self, record: dict, path: Path, line: int) -> str | None:
         for name in self.text_fields:
@@ -226,12 +237,24 @@ class Corpus:
                 except json.JSONDecodeError as err:
                     self._bad(path, number, f"invalid JSON: {err.msg} at column {err.colno}")
                     continue
+                except RecursionError:
+                    self._bad(path, number, "invalid JSON: nested too deeply")
+                    continue
                 if not isinstance(record, dict):
                     self._bad(path, number, f"expected a JSON object, got {type(record).__name__}")
                     continue
                 text = self._field(record, path, number)
                 if text is None:
                     continue
+                if not text.isascii():
+                    # A JSON \ud800 escape decodes to a lone surrogate, which no tokenizer takes (and UTF-8
+                    # cannot hold); bytes read as UTF-8 never give one, so only this branch needs the check.
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError as err:
+                        self._bad(path, number, f"not valid Unicode: a lone surrogate (U+{ord(text[err.start]):04X})"
+                                                f" at character {err.start}")
+                        continue
             else:
                 text = line
             text = self._clean(text)
