@@ -292,3 +292,26 @@ def test_attention_loss_and_explicit_layer_pairs(tmp_path, models, tiny_corpus):
     with pytest.raises(SystemExit):  # the attention loss needs `match`
         main(_args(models, tiny_corpus, tmp_path / "o2", tmp_path / "cache", "--alignment", "reduce",
                    "--alpha-attention", "1.0"))
+
+
+def test_a_truncated_student_or_a_foreign_vocabulary_is_one_line_before_any_work(tiny_student, tmp_path):
+    import shutil
+
+    from distilrubert.distill import load_student
+
+    weights = tiny_student / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 3])
+    with pytest.raises(ValueError, match=r"--student: cannot load a masked-LM model and tokenizer from .*: "
+                                         r"Error while deserializing"):
+        load_student(str(tiny_student))
+    weights.write_bytes(good)
+    from transformers import AutoModelForMaskedLM
+
+    other = tmp_path / "bigger-vocab"
+    shutil.copytree(tiny_student, other)
+    model = AutoModelForMaskedLM.from_pretrained(str(other))
+    model.resize_token_embeddings(290)
+    model.save_pretrained(str(other))
+    with pytest.raises(ValueError, match=r"has 290 embedding rows but its tokenizer 300 tokens"):
+        load_student(str(other))

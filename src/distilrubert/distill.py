@@ -401,12 +401,19 @@ def load_student(directory: str, attn_implementation: str | None = None):
     path = Path(directory)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"--student: {path} holds no config.json (create it with `distilrubert init-student`)")
+    from safetensors import SafetensorError
+
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForMaskedLM.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as err:
+    # SafetensorError: a truncated or corrupt weight file; RuntimeError: weights of other shapes than the config
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise ValueError(f"--student: cannot load a masked-LM model and tokenizer from {path}: {err}") from err
+    # Checked here, before any tokenising: ids past the embedding rows fail only deep inside the first step.
+    if model.config.vocab_size < len(tokenizer):
+        raise ValueError(f"--student: {path} has {model.config.vocab_size} embedding rows but its tokenizer "
+                         f"{len(tokenizer)} tokens (a vocabulary from another build-vocab run?)")
     return model, tokenizer
 
 
@@ -455,7 +462,7 @@ def distill_span(config: DistillConfig, accelerator: Any, resume_from: Any, stud
     if config.teacher_prompt is not None:
         spec = dataclasses.replace(spec, prompt=config.teacher_prompt)
     teacher_limit = min(config.teacher_max_length, int(getattr(teacher.config, "max_position_embeddings", 512)))
-    if student.config.vocab_size < len(student_tok):
+    if student.config.vocab_size < len(student_tok):  # (load_student checks it; a caller may pass its own)
         raise ValueError(f"--student: {config.student} has {student.config.vocab_size} embedding rows but its "
                          f"tokenizer {len(student_tok)} tokens")
     with accelerator.main_process_first():
