@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -172,3 +174,28 @@ def test_unknown_word_counts_as_a_word_for_pairing():
     s_ids, t_ids = np.array([2, 1, 5, 3]), np.array([2, 5, 6, 5, 3])  # [UNK] a / ab a
     *_, paired = data.mask_same_words(s_ids, t_ids, masking, masking, np.random.default_rng(0), 0.5)
     assert paired
+
+
+def test_a_failed_build_leaves_nothing_and_killed_builds_are_swept(tmp_path, tokenizers):
+    import subprocess
+
+    from distilrubert.corpus import CorpusError
+
+    teacher, student, tmap = tokenizers
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "Привет"}\n{"text": \n', encoding="utf-8")
+    cache = tmp_path / "cache"
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:2: invalid JSON"):
+        build_sequences([bad], student, teacher, tmap, max_length=64, cache_root=cache, progress=False)
+    assert list(cache.iterdir()) == []
+    # What a SIGKILLed build leaves (its process is gone), and one a live process is still writing.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (cache / f".abc.partial-{dead.pid}").mkdir()
+    (cache / f".units-abc.partial-{dead.pid}").mkdir()
+    (cache / f".def.partial-{os.getppid()}").mkdir()
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "Привет, как дела?"}\n', encoding="utf-8")
+    build_sequences([good], student, teacher, tmap, max_length=64, cache_root=cache, progress=False)
+    left = sorted(p.name for p in cache.iterdir() if p.name.startswith("."))
+    assert left == [f".def.partial-{os.getppid()}"]

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from distilrubert.runinfo import sweep_stale_partials
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Collator", "SequenceStore", "WordMasking", "build_sequences", "default_cache_root",
@@ -214,6 +216,7 @@ def build_sequences(corpus_paths: Sequence[str | Path], student_tokenizer: Any, 
         logger.info("using cached sequences %s", final)
         return SequenceStore.open(final)
     root.mkdir(parents=True, exist_ok=True)
+    sweep_stale_partials(root)
     tmp = root / f".{key}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -287,6 +290,9 @@ def build_sequences(corpus_paths: Sequence[str | Path], student_tokenizer: Any, 
                 block = []
         if block:
             flush(block)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # closed first by the finally below (the order does not matter)
+        raise
     finally:
         for handle in handles.values():
             handle.close()

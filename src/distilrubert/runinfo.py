@@ -153,6 +153,38 @@ def check_output_dir(path: str | Path, overwrite: bool) -> Path:
     return Path(os.path.abspath(path))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def sweep_stale_partials(root: str | Path) -> list[Path]:
+    """Remove the ``.NAME.partial-PID`` build directories under ``root`` whose process is gone.
+
+    A build that fails removes its own; one that was killed (SIGKILL, power loss) cannot, and its
+    directory would hold the disk space for ever. Directories of live processes (another run building the
+    same cache) are left alone. Returns what was removed.
+    """
+    removed = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    for path in root.glob(".*.partial-*"):
+        pid = path.name.rpartition("-")[2]
+        if path.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d unfinished build directories of runs that were killed: %s", len(removed),
+                    ", ".join(p.name for p in removed))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` only if the block finishes without error.

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from distilrubert.data import _corpus_key, _vocab_digest, default_cache_root
+from distilrubert.runinfo import sweep_stale_partials
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def build_text_units(corpus_paths: Sequence[str | Path], student_tokenizer: Any,
         logger.info("using cached text units %s", final)
         return TextUnits.open(final)
     root.mkdir(parents=True, exist_ok=True)
+    sweep_stale_partials(root)
     tmp = root / f".units-{key}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
