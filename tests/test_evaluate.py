@@ -291,3 +291,14 @@ def test_read_teacher_spec_shares_the_prompt_file_reader(prompted_student):
     assert read_teacher_spec(str(prompted_student), "query").prompt == "Привет: "
     with pytest.raises(ValueError, match=r"--teacher-prompt-name: 'title' is not one of the model's prompts"):
         read_teacher_spec(str(prompted_student), "title")
+
+
+def test_evaluate_on_a_data_dir_without_task_files_is_an_error_not_an_empty_table(tiny_student_dir, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--model", str(tiny_student_dir), "--data-dir", str(empty), "--output", str(out),
+                 "--no-speed"]) == 1
+    err = capsys.readouterr().err
+    assert f"--data-dir {empty}: no task of the suite could run" in err and "para_gold.csv not in" in err
+    assert not out.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,8 @@ def _sentiment_csv(path: Path) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["label", "text"])
         for i, sentence in enumerate(SENTENCES):
-            writer.writerow(["positive" if i % 3 else "negative", sentence])
+            # Every label of the evaluation file (rusentiment.csv) occurs, "positive" most often.
+            writer.writerow(["positive" if i % 3 else ("negative", "neutral", "skip", "speech")[i // 3 % 4], sentence])
     return path
 
 
@@ -262,3 +264,24 @@ def test_metric_option_validated_per_task(tiny_student_dir):
     assert FinetuneConfig(task="sentiment", model=str(tiny_student_dir), train="x", output="y").metric == "weighted_f1"
     with pytest.raises(ValueError, match="--metric"):
         FinetuneConfig(task="ner", model=str(tiny_student_dir), train="x", output="y", metric="accuracy")
+
+
+def test_finetune_refuses_one_class_training_data_and_labels_only_the_eval_file_has(tiny_student_dir, tmp_path,
+                                                                                      capsys):
+    def table(path, labels):
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle).writerows([["label", "text"], *zip(labels, SENTENCES, strict=True)])
+        return path
+
+    one = table(tmp_path / "one.csv", ["positive"] * len(SENTENCES))
+    assert main(["finetune", "--task", "sentiment", "--model", str(tiny_student_dir), "--train", str(one),
+                 "--output", str(tmp_path / "a"), *QUICK]) == 1
+    # (the count is of the training part: --eval-fraction of the file is held out)
+    assert re.search(r"one\.csv: all \d+ examples have the label 'positive'; a classifier needs at least two",
+                     capsys.readouterr().err)
+    two = table(tmp_path / "two.csv", ["positive" if i % 2 else "negative" for i in range(len(SENTENCES))])
+    assert main(["finetune", "--task", "sentiment", "--model", str(tiny_student_dir), "--train", str(two),
+                 "--eval", str(DATA / "rusentiment.csv"), "--output", str(tmp_path / "b"), *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert "rusentiment.csv: labels never seen in the training examples: 'neutral' (" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -428,6 +428,9 @@ def run_suite(model_dir: str, config: EvaluateConfig, label: str = "model") -> d
         else:
             results["skipped"]["CPU"] = f"CPU: skipped, {SPEED_FILE} not in {data_dir}"
             logger.info(results["skipped"]["CPU"])
+    if not results["tasks"] and "speed" not in results:
+        raise ValueError(f"--data-dir {data_dir}: no task of the suite could run (its files are missing: "
+                         f"{'; '.join(results['skipped'].values()) or 'no task selected'})")
     scores = [results["tasks"][c]["score"] for c in (*SENTENCE_TASKS, *BUILTIN_COLUMNS) if c in results["tasks"]]
     results["mean_sentence_tasks"] = float(np.mean(scores)) if scores else None
     return results

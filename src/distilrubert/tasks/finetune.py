@@ -297,7 +297,8 @@ def setup_task(config: FinetuneConfig, tokenizer, train: list, evaluation: list,
         if config.task == "qa" and config.doc_stride >= limit // 2:
             config.doc_stride = limit // 4
     if config.task in ("sentiment", "paraphrase"):
-        labels = sorted({e.label for e in train} | {e.label for e in evaluation})
+        check_labels([e.label for e in train], [e.label for e in evaluation], config)
+        labels = sorted({e.label for e in train})
         label2id = {label: i for i, label in enumerate(labels)}
         model = AutoModelForSequenceClassification.from_pretrained(
             config.model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id, **common)
@@ -403,6 +404,30 @@ def _repair_iob2(tags: list[str]) -> list[str]:
         fixed.append(tag)
         previous = tag
     return fixed
+
+
+def check_labels(train: list[str], evaluation: list[str], config: FinetuneConfig) -> None:
+    """Refuse label sets a classifier cannot learn or be fairly scored on (one line naming the file).
+
+    One class in ``--train`` trains nothing (and scores a perfect F1 on one-class evaluation data); a class
+    that only the evaluation data has can never be predicted, so it would silently count as errors.
+    """
+    counts: dict[str, int] = {}
+    for label in train:
+        counts[label] = counts.get(label, 0) + 1
+    if len(counts) < 2:
+        only = next(iter(counts), None)
+        raise ValueError(f"--train {config.train}: all {len(train)} examples have the label {only!r}; a classifier "
+                         "needs at least two classes")
+    unseen: dict[str, int] = {}
+    for label in evaluation:
+        if label not in counts:
+            unseen[label] = unseen.get(label, 0) + 1
+    if unseen:
+        listed = ", ".join(f"{label!r} ({n} rows)" for label, n in sorted(unseen.items()))
+        where = f"--eval {config.eval}" if config.eval else f"the held-out part of --train {config.train}"
+        raise ValueError(f"{where}: labels never seen in the training examples: {listed}; the model could not "
+                         "predict them (fix the data or drop those rows)")
 
 
 def position_limit(model_or_config) -> int:
