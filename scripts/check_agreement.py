@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", nargs="*", default=None, help="Models to compare (default: the run's output).")
     parser.add_argument("--k", type=int, default=10, help="Teacher-nearest neighbours per text.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    parser.add_argument("--markdown", type=Path, default=None, help="Also write them as a markdown table here.")
     args = parser.parse_args(argv)
     texts, teacher = held_out_texts(args.run)
     t_vec = embed(teacher["teacher"], texts, teacher["prompt"], teacher["pooling"])
@@ -100,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{model}: " + "  ".join(f"{k} {v:.3f}" for k, v in results[model].items()), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"texts": len(texts), "k": args.k, "results": results}, indent=2) + "\n")
+    if args.markdown:
+        command = "python scripts/check_agreement.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        rows = [f"| `{Path(m).name}` | " + " | ".join(f"{v:.3f}" for v in r.values()) + " |"
+                for m, r in results.items()]
+        args.markdown.write_text(
+            f"Student / teacher agreement on {len(texts)} held-out texts of `{args.run}` (the run's validation "
+            f"units; k = {args.k}), from\n\n```\n{command}\n```\n\n"
+            "| model | random pairs (Spearman) | within teacher top-k (Spearman) | top-1 agreement | mean cosine |\n"
+            "|:--|--:|--:|--:|--:|\n" + "\n".join(rows) + "\n", encoding="utf-8")
     return 0
 
 
