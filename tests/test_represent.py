@@ -261,3 +261,21 @@ def test_neighbour_batches_keep_lengths_together():
     # Groups still come from one cluster each, bar the seams between clusters (at most one per cluster).
     mixed = sum(len(set(labels[g])) > 1 for batch in batches for g in batch.reshape(-1, 16))
     assert mixed < 20
+
+
+def test_check_agreement_figures():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_agreement",
+                                                  Path(__file__).parents[1] / "scripts" / "check_agreement.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(200, 16))
+    teacher /= np.linalg.norm(teacher, axis=1, keepdims=True)
+    same = module.agreement(teacher.copy(), teacher, k=5)
+    assert same["random_pairs"] == pytest.approx(1.0) and same["neighbours"] == pytest.approx(1.0)
+    assert same["top1"] == 1.0
+    noise = rng.normal(size=(200, 16))
+    other = module.agreement(noise / np.linalg.norm(noise, axis=1, keepdims=True), teacher, k=5)
+    assert abs(other["random_pairs"]) < 0.2 and other["top1"] < 0.1
