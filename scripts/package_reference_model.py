@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
              f"{report.get('seconds', 0) / 60:.0f} min wall-clock (the machine was shared with other work), "
              f"{report.get('train_sequences', 0):,} training / {report.get('valid_sequences', 0):,} held-out "
              "sequences.",
+             *[f"- earlier training stage (`{Path(step).name}`, whose output this run continued): "
+               f"{r.get('steps')} steps, {r.get('tokens', 0):,} tokens, {r.get('seconds', 0) / 60:.0f} min wall-clock."
+               for step in args.before if (Path(step) / "train_report.json").is_file()
+               for r in [json.loads((Path(step) / "train_report.json").read_text(encoding="utf-8"))]],
              f"- data: {args.data}.",
              "", "## Metrics", "",
              "Final held-out figures: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(valid.items())
