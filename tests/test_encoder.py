@@ -10,8 +10,9 @@ import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from distilrubert.cli import main
-from distilrubert.encoder import Encoder, pool
+from distilrubert.encoder import Encoder
 from distilrubert.export import export_encoder_onnx, parity_check
+from distilrubert.runtime import pool
 from tests.conftest import SENTENCES
 
 # Lengths vary a lot so sorting changes the batches.
@@ -55,13 +56,29 @@ def test_encoder_normalize_single_string_and_errors(tiny_student_dir):
         Encoder.from_pretrained(tiny_student_dir, backend="tensorflow")
 
 
+class RecordingRunner:
+    """A :class:`distilrubert.runtime.Runner` that records the shape of every padded batch it runs."""
+
+    def __init__(self, inner, packing: bool = False, on_cpu: bool = False):
+        self.inner, self.packing, self.on_cpu, self.shapes = inner, packing, on_cpu, []
+
+    def __call__(self, ids, mask):
+        self.shapes.append(ids.shape)
+        return self.inner(ids, mask)
+
+    def run_single(self, ids, mask):
+        return self(ids, mask)
+
+    def packed(self, ids):
+        return self.inner.packed(ids)
+
+
 def test_batches_are_padded_only_to_their_longest_text(tiny_student_dir):
     enc = Encoder.from_pretrained(tiny_student_dir, backend="torch")
-    widths = []
-    runner = enc.runner
-    enc.runner = lambda ids, mask: (widths.append(ids.shape[1]), runner(ids, mask))[1]
+    enc.runner = RecordingRunner(enc.runner)  # padded batches only (no packing, no length split)
     enc.encode(["Да."] * 4 + [SENTENCES[7] * 3], batch_size=4)
     short = len(enc.tokenize(["Да."])[0])
+    widths = [shape[1] for shape in enc.runner.shapes]
     assert widths[0] == short and widths[1] > short
 
 
@@ -89,13 +106,13 @@ def test_packed_batches_give_the_padded_vectors(tiny_student_dir, _teacher_dir, 
 
 def test_packing_is_dropped_when_the_probe_disagrees(tiny_student_dir, monkeypatch):
     """An attention function that lets texts see each other fails the load-time probe: padded batches only."""
-    import distilrubert.encoder as encoder_module
+    import distilrubert.runtime as runtime_module
 
     def leaky(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None, **kwargs):
         scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
         return torch.matmul(scores.softmax(dim=-1), value).transpose(1, 2), None
 
-    monkeypatch.setattr(encoder_module, "packed_attention", leaky)
+    monkeypatch.setattr(runtime_module, "packed_attention", leaky)
     try:
         enc = Encoder.from_pretrained(tiny_student_dir, backend="torch", max_length=128)
         assert not enc.runner.packing
@@ -103,7 +120,7 @@ def test_packing_is_dropped_when_the_probe_disagrees(tiny_student_dir, monkeypat
                                    plain_transformers(tiny_student_dir, TEXTS, "mean"), atol=1e-5)
     finally:  # the attention registry is process-wide: put the real function back
         monkeypatch.undo()
-        encoder_module._register_packed_attention()
+        runtime_module._register_packed_attention()
 
 
 def test_cpu_batches_split_where_padding_would_dominate():
@@ -120,11 +137,9 @@ def test_cpu_batches_split_where_padding_would_dominate():
 
 def test_onnx_encoder_runs_mixed_lengths_as_similar_length_batches(tiny_student_dir, _tiny_onnx):
     enc = Encoder.from_pretrained(_tiny_onnx["fp32"].parent, backend="onnx")
-    shapes = []
-    runner = enc.runner
-    enc.runner = lambda ids, mask: (shapes.append(ids.shape), runner(ids, mask))[1]
-    enc.runner.on_cpu = True  # a lambda takes attributes
+    enc.runner = RecordingRunner(enc.runner, on_cpu=True)
     got = enc.encode(TEXTS, batch_size=8, pooling="mean")
+    shapes = enc.runner.shapes
     assert len(shapes) > 1 and sum(s[0] for s in shapes) == len(TEXTS)
     assert sum(s[0] * s[1] for s in shapes) <= 1.2 * sum(len(x) for x in enc.tokenize(TEXTS)) + max(
         s[1] for s in shapes)
@@ -156,7 +171,7 @@ def _session_op_types(path, tmp_path, disabled) -> set[str]:
 
 
 def test_no_skip_layer_normalization_in_export_or_session(_tiny_onnx, tmp_path):
-    from distilrubert.encoder import ORT_DISABLED_OPTIMIZERS
+    from distilrubert.runtime import ORT_DISABLED_OPTIMIZERS
 
     # The exported file keeps Add + LayerNormalization (SkipLayerNormalization is the slower kernel).
     assert "SkipLayerNormalization" not in _op_types(_tiny_onnx["fp32"])
@@ -173,8 +188,8 @@ def test_unmasked_session_for_unpadded_batches_gives_the_same_vectors(tiny_stude
                                                                       precision):
     import onnx
 
-    from distilrubert.encoder import unmasked_graph
     from distilrubert.export import export_graph, load_model
+    from distilrubert.runtime import unmasked_graph
 
     enc = Encoder.from_pretrained(_tiny_onnx["fp32"].parent, backend="onnx", quantized=precision == "int8")
     assert enc.runner.unmasked is not None  # the fused graph: the mask only reaches the attention ops

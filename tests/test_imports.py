@@ -5,18 +5,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "distilrubert"
 
-# Known cycles, one edge each, skipped by the cycle check until they are fixed. Each entry must still be in
-# the graph (test_allowlisted_edges_still_exist): remove it with the fix.
-KNOWN_CYCLE_EDGES = {
-    # encoder <-> export (issue 13, item 3): export imports encoder at module level, and Encoder's on-the-fly
-    # export imports export inside a function. Being fixed by the runtime/ split (export depends on the runtime).
-    ("distilrubert.encoder", "distilrubert.export"),
-}
 
 
 def module_names(root: Path = SRC, package: str = PACKAGE) -> dict[str, Path]:
@@ -137,13 +128,8 @@ def test_import_graph_sees_function_level_and_relative_imports(tmp_path):
 def test_no_import_cycles():
     graph = import_graph(module_names())
     assert "distilrubert.align.reduce" in graph  # the walk found the subpackages
-    for source, target in KNOWN_CYCLE_EDGES:
-        graph[source].discard(target)
+    # Encoder's on-the-fly export imports export inside a function; export imports the runtime, not encoder.
+    assert "distilrubert.export" in graph["distilrubert.encoder"]
+    assert "distilrubert.encoder" not in graph["distilrubert.export"]
     cycles = find_cycles(graph)
-    assert cycles == [], f"import cycles (break them; see KNOWN_CYCLE_EDGES for the one known): {cycles}"
-
-
-@pytest.mark.parametrize(("source", "target"), sorted(KNOWN_CYCLE_EDGES))
-def test_allowlisted_edges_still_exist(source, target):
-    # A fixed cycle leaves a stale allowlist entry that would hide its return: delete the entry with the fix.
-    assert target in import_graph(module_names())[source], f"{source} -> {target} is gone: remove it from the list"
+    assert cycles == [], f"import cycles (break them): {cycles}"

@@ -25,7 +25,7 @@ import numpy as np
 
 from distilrubert import runinfo
 from distilrubert.config import option, to_dict
-from distilrubert.encoder import ONNX_FILE, ONNX_INT8_FILE, ort_session, pool
+from distilrubert.runtime import ONNX_FILE, ONNX_INT8_FILE, ort_session, pool
 from distilrubert.vocab import save_pretrained_tokenizer
 
 logger = logging.getLogger(__name__)
