@@ -302,3 +302,19 @@ def test_evaluate_on_a_data_dir_without_task_files_is_an_error_not_an_empty_tabl
     err = capsys.readouterr().err
     assert f"--data-dir {empty}: no task of the suite could run" in err and "para_gold.csv not in" in err
     assert not out.exists()
+
+
+def test_a_hub_id_teacher_is_accepted_as_the_demo_passes_it(tiny_student_dir, tmp_path, monkeypatch):
+    """`demo --teacher ORG/NAME` used to fail at "evaluate teacher", after all training: only directories passed."""
+    from distilrubert import demo, evaluate
+    from distilrubert.evaluate import EvaluateConfig
+
+    config = EvaluateConfig(model=str(tiny_student_dir), teacher="DeepPavlov/rubert-base-cased-conversational",
+                            output=str(tmp_path / "e.json"))
+    assert config.teacher == "DeepPavlov/rubert-base-cased-conversational"
+    with pytest.raises(ValueError, match=r"--teacher \./no/such/dir: no such directory \(nor a Hub id"):
+        EvaluateConfig(model=str(tiny_student_dir), teacher="./no/such/dir", output=str(tmp_path / "e.json"))
+    seen = {}
+    monkeypatch.setattr(evaluate, "run_suite", lambda model, cfg, label: seen.update(model=model, cfg=cfg) or {})
+    demo.evaluate_model("DeepPavlov/rubert-base-cased-conversational", tmp_path / "t.json", str(tmp_path / "none"))
+    assert seen["model"] == "DeepPavlov/rubert-base-cased-conversational" and seen["cfg"].suite == "builtin"

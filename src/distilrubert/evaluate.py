@@ -39,6 +39,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ PUBLISHED = {
     "DeepPavlov/rubert-base-cased-conversational": {"SA": 0.73, "PI": 0.52, "NE1": 0.41, "CPU": 127.5},
 }
 MAX_LENGTH_LIMIT = 4096
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # org/name, as the Hub spells repository ids
 
 
 @dataclass
@@ -113,8 +115,9 @@ class EvaluateConfig:
             raise ValueError(f"--threads must be >= 0, got {self.threads}")
         for name in ("model", "teacher"):
             value = getattr(self, name)
-            if value is not None and not Path(value).is_dir():
-                raise ValueError(f"--{name} {value}: no such directory")
+            # A Hub id (org/name) is loaded by transformers (its prompts are read only from local directories).
+            if value is not None and not Path(value).is_dir() and not HUB_ID.fullmatch(value):
+                raise ValueError(f"--{name} {value}: no such directory (nor a Hub id such as org/name)")
         for side in ("", "teacher_"):
             if getattr(self, f"{side}prompt") is not None and getattr(self, f"{side}prompt_name") is not None:
                 flag = f"--{side.replace('_', '-')}prompt"
