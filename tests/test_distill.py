@@ -94,7 +94,7 @@ def test_native_reduce_kernel_trains_like_the_torch_kernels(tmp_path, models, ti
 
 
 @pytest.mark.parametrize("alignment", ["match", "reduce"])
-def test_masked_words_variant_learns(tmp_path, models, tiny_corpus, alignment):
+def test_masked_words_variant_learns(tmp_path, models, tiny_corpus, alignment, capsys):
     # --kl-positions masked-words: the teacher reads the same words masked, the KL only there.
     out = tmp_path / "out"
     assert main(_args(models, tiny_corpus, out, tmp_path / "cache", "--alignment", alignment, "--max-steps", "30",
@@ -107,9 +107,10 @@ def test_masked_words_variant_learns(tmp_path, models, tiny_corpus, alignment):
     report = json.loads((out / "train_report.json").read_text(encoding="utf-8"))
     # The tiny tokenizers pre-tokenise alike, so every sequence pairs its words ([UNK] counts as a word).
     assert report["kl_positions"] == "masked-words" and report["unpaired_sequences_seen"] == 0
-    with pytest.raises(SystemExit):  # the teacher's masked outputs cannot be cached: exit 2
+    with pytest.raises(SystemExit, match=r"^2$"):  # the teacher's masked outputs cannot be cached
         main(_args(models, tiny_corpus, tmp_path / "o2", tmp_path / "cache", "--kl-positions", "masked-words",
                    "--cache-teacher", "top-k", "--alpha-hidden", "0"))
+    assert "--kl-positions masked-words: the teacher reads masked input" in capsys.readouterr().err
 
 
 def test_teacher_cache_skips_the_teacher_after_the_first_epoch(tmp_path, models, tiny_corpus):
@@ -125,7 +126,8 @@ def test_teacher_cache_skips_the_teacher_after_the_first_epoch(tmp_path, models,
 
 
 @pytest.mark.parametrize("alignment", ["match", "reduce"])
-def test_kl_support_teacher_top_k_is_the_full_kl_when_k_covers_the_support(tmp_path, models, tiny_corpus, alignment):
+def test_kl_support_teacher_top_k_is_the_full_kl_when_k_covers_the_support(tmp_path, models, tiny_corpus, alignment,
+                                                                            capsys):
     def first_kl(name: str, *extra: str) -> tuple[float, float]:
         out = tmp_path / name
         assert main(_args(models, tiny_corpus, out, tmp_path / "cache", "--alignment", alignment, "--max-steps", "2",
@@ -140,13 +142,15 @@ def test_kl_support_teacher_top_k_is_the_full_kl_when_k_covers_the_support(tmp_p
     assert narrow_kl != pytest.approx(full_kl, rel=1e-3)  # an approximation on 4 tokens
     assert narrow_kl >= 0
     assert wide_valid == pytest.approx(full_valid, rel=1e-4)  # validation always takes the full KL
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^2$"):
         main(_args(models, tiny_corpus, tmp_path / "bad", tmp_path / "cache", "--kl-top-k", "0"))
+    assert "--kl-top-k: must be >= 1" in capsys.readouterr().err
 
 
-def test_cache_requires_no_hidden_loss(tmp_path, models, tiny_corpus):
-    with pytest.raises(SystemExit):  # argparse error: invalid combination, exit 2
+def test_cache_requires_no_hidden_loss(tmp_path, models, tiny_corpus, capsys):
+    with pytest.raises(SystemExit, match=r"^2$"):  # argparse error: invalid combination
         main(_args(models, tiny_corpus, tmp_path / "o", tmp_path / "c", "--cache-teacher", "top-k"))
+    assert "--cache-teacher top-k stores only output distributions: set --alpha-hidden 0" in capsys.readouterr().err
 
 
 def _env() -> dict[str, str]:
@@ -282,16 +286,17 @@ def test_missing_student_is_a_one_line_error(tmp_path, models, tiny_corpus, caps
     assert "--student" in capsys.readouterr().err
 
 
-def test_attention_loss_and_explicit_layer_pairs(tmp_path, models, tiny_corpus):
+def test_attention_loss_and_explicit_layer_pairs(tmp_path, models, tiny_corpus, capsys):
     out = tmp_path / "out"
     assert main(_args(models, tiny_corpus, out, tmp_path / "cache", "--alignment", "match", "--max-steps", "4",
                       "--alpha-attention", "1.0", "--layer-mapping", "0:0,1:1,2:1+2", "--hidden-loss", "cosine",
                       "--eval-every", "0", "--save-every", "0", "--log-every", "1")) == 0
     train, _ = _metrics(out)
     assert all(r["attention"] > 0 and r["hidden"] > 0 for r in train)
-    with pytest.raises(SystemExit):  # the attention loss needs `match`
+    with pytest.raises(SystemExit, match=r"^2$"):  # the attention loss needs `match`
         main(_args(models, tiny_corpus, tmp_path / "o2", tmp_path / "cache", "--alignment", "reduce",
                    "--alpha-attention", "1.0"))
+    assert "--alpha-attention: the attention loss needs --alignment match" in capsys.readouterr().err
 
 
 def test_a_truncated_student_or_a_foreign_vocabulary_is_one_line_before_any_work(tiny_student, tmp_path):

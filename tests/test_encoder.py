@@ -251,12 +251,14 @@ def test_export_cli_writes_onnx_int8_and_parity(tiny_student, sentence_file, tmp
     assert main(["export", "--model", str(tiny_student), "--output", str(out)]) == 1
 
 
-def test_export_cli_rejects_bad_flags(tiny_student, tmp_path):
-    with pytest.raises(SystemExit):
+def test_export_cli_rejects_bad_flags(tiny_student, tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"^2$"):
         main(["export", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
-    with pytest.raises(SystemExit):
+    assert "nope: not a model directory (no config.json)" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"^2$"):
         main(["export", "--model", str(tiny_student), "--output", str(tmp_path / "o"),
               "--format", "sentence-transformers", "--quantize", "int8"])
+    assert "--quantize applies to --format onnx only" in capsys.readouterr().err
 
 
 def test_export_fine_tuned_head_parity(tiny_student, tmp_path):

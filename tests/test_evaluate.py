@@ -192,7 +192,7 @@ def test_evaluate_task_subset_and_missing_data_dir(tiny_student_dir, tmp_path, c
                  "--tasks", "pi", "--no-speed"]) == 0
     report = json.loads(out.read_text())
     assert set(report["model"]["tasks"]) == {"PI"} and "speed" not in report["model"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^2$"):
         main(["evaluate", "--model", str(tiny_student_dir), "--data-dir", str(tmp_path / "nope"),
               "--output", str(out)])
     assert "--data-dir" in capsys.readouterr().err
@@ -272,7 +272,8 @@ def test_evaluate_cli_prompts_of_model_and_teacher(prompted_student, tiny_studen
                                                                           "need --teacher"),
             (["--model", str(prompted_student), "--prompt", "a", "--prompt-name", "query"],
              "--prompt and --prompt-name exclude each other")):
-        with pytest.raises(SystemExit):  # config errors: argparse's one-line usage error, before any model loads
+        # config errors: argparse's one-line usage error (exit 2), before any model loads
+        with pytest.raises(SystemExit, match=r"^2$"):
             main(["evaluate", *argv, "--data-dir", str(data), "--output", str(out)])
         assert re.search(message, capsys.readouterr().err)
 

@@ -128,8 +128,9 @@ def test_serve_cli_builds_the_app_and_binds_loopback(tiny_student, monkeypatch, 
     with TestClient(seen["app"]) as test_client:
         assert test_client.get("/health").json()["batching"] is False
         assert test_client.post("/embed", json={"texts": ["Привет"]}).status_code == 200
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^2$"):
         main(["serve", "--model", str(tiny_student), "--max-texts", "0"])
+    assert "--max-texts must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("adaptive", [True, False])

