@@ -18,6 +18,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache(tmp_path_factory):
+    """Encoder's on-first-use ONNX exports go to a directory of the test session, not ~/.cache."""
+    os.environ["DISTILRUBERT_ONNX_CACHE"] = str(tmp_path_factory.mktemp("onnx-cache"))
+    yield
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 SENTENCES = [

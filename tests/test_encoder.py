@@ -233,7 +233,7 @@ def test_onnx_encoder_equals_torch_encoder(tiny_student_dir, _tiny_onnx):
 
 
 def test_onnx_backend_exports_on_the_fly(tiny_student):
-    enc = Encoder.from_pretrained(tiny_student, backend="onnx")
+    enc = Encoder.from_pretrained(tiny_student, backend="onnx", quantized=False)
     ref = Encoder.from_pretrained(tiny_student, backend="torch")
     np.testing.assert_allclose(enc.encode(TEXTS), ref.encode(TEXTS), atol=1e-4)
 
@@ -296,3 +296,57 @@ def test_fast_tokenize_equals_the_transformers_tokenizer(tiny_student_dir, max_l
     assert encoder.tokenize(texts) == expected
     assert [encoder.tokenize([t])[0] for t in texts] == expected
     assert max(len(x) for x in expected) == max_length
+
+
+def test_auto_backend_exports_once_into_the_content_keyed_cache(tiny_student, monkeypatch, tmp_path):
+    import os
+
+    from distilrubert import onnx_cache
+
+    root = tmp_path / "onnx-cache"
+    monkeypatch.setenv("DISTILRUBERT_ONNX_CACHE", str(root))
+    enc = Encoder.from_pretrained(tiny_student)
+    key = onnx_cache.content_key(tiny_student)
+    parity = json.loads((root / key / "parity.json").read_text())
+    int8 = parity["mean_cosine_int8_vs_fp32"] >= onnx_cache.INT8_MIN_COSINE
+    assert enc.backend == ("onnx-int8" if int8 else "onnx")
+    want = plain_transformers(tiny_student, TEXTS, "mean")
+    got = enc.encode(TEXTS, pooling="mean")
+    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cos.min() > (0.95 if int8 else 0.9999)
+    # Reused by a later call: no second export.
+    monkeypatch.setattr("distilrubert.export.export_encoder_onnx", lambda *a, **k: pytest.fail("exported again"))
+    assert Encoder.from_pretrained(tiny_student, quantized=False).backend == "onnx"
+    np.testing.assert_allclose(Encoder.from_pretrained(tiny_student, quantized=False).encode(TEXTS, pooling="mean"),
+                               want, atol=1e-4)
+    assert [p.name for p in root.iterdir()] == [key]
+    # Times do not count, content does; torch stays available.
+    os.utime(tiny_student / "config.json")
+    assert onnx_cache.content_key(tiny_student) == key
+    config = json.loads((tiny_student / "config.json").read_text())
+    (tiny_student / "config.json").write_text(json.dumps({**config, "dropout": 0.2}))
+    assert onnx_cache.content_key(tiny_student) != key
+    assert Encoder.from_pretrained(tiny_student, backend="torch").backend == "torch"
+    with pytest.raises(ValueError, match="quantized=True needs backend='onnx'"):
+        Encoder.from_pretrained(tiny_student, backend="torch", quantized=True)
+
+
+def test_a_concurrent_first_export_uses_the_copy_that_won(tiny_student, monkeypatch, tmp_path):
+    import shutil
+
+    from distilrubert import export, onnx_cache
+
+    root = tmp_path / "cache"
+    real = export.export_encoder_onnx
+    final = root / onnx_cache.content_key(tiny_student)
+
+    def racing(model_dir, out_dir, **kwargs):  # another process finishes first, while this one exports
+        result = real(model_dir, out_dir, **kwargs)
+        shutil.copytree(out_dir, final)
+        (final / "parity.json").write_text(json.dumps({"mean_cosine_int8_vs_fp32": 1.0, "winner": True}))
+        return result
+
+    monkeypatch.setattr(export, "export_encoder_onnx", racing)
+    got = onnx_cache.cached_export(tiny_student, root)
+    assert got == final and json.loads((final / "parity.json").read_text())["winner"]
+    assert [p.name for p in root.iterdir()] == [final.name]  # the loser's partial copy is gone

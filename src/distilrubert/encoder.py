@@ -9,7 +9,10 @@ What makes it fast compared with the model card's ``AutoModel`` loop:
 * ``backend="onnx"`` runs the graph ONNX Runtime's transformer optimizer fused (EmbedLayerNormalization,
   Attention, BiasGelu; not SkipLayerNormalization), optionally dynamically quantised to int8
   (``quantized=True``);
-* thread count is explicit (``threads=``), because on a small CPU the default oversubscribes.
+* thread count is explicit (``threads=``), because on a small CPU the default oversubscribes;
+* by default (``backend="auto"``) it runs ONNX Runtime, int8 when the int8 graph keeps a mean cosine of
+  at least 0.99 to fp32, exporting a plain model directory once into the ONNX cache
+  (:mod:`distilrubert.onnx_cache`).
 
 Example:
     >>> enc = Encoder.from_pretrained("student/", backend="onnx")  # doctest: +SKIP
@@ -20,14 +23,13 @@ Example:
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from distilrubert.runtime import (
-    ONNX_FILE,
+    ONNX_INT8_FILE,
     Backend,
     OnnxRunner,
     Pooling,
@@ -58,19 +60,22 @@ class Encoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path | None = None, backend: Backend = "auto", quantized: bool = False,
-                        threads: int | None = None, max_length: int = 512, device: str | None = None,
-                        compile: bool = False, trust_remote_code: bool = False) -> Encoder:
+    def from_pretrained(cls, model_dir: str | Path | None = None, backend: Backend = "auto",
+                        quantized: bool | None = None, threads: int | None = None, max_length: int = 512,
+                        device: str | None = None, compile: bool = False, trust_remote_code: bool = False) -> Encoder:
         """Load an encoder from a model directory (HF format, an ``export`` output, or both).
 
         Args:
             model_dir: Directory with ``config.json`` and a tokenizer, plus weights and/or ``model.onnx``;
                 ``None``: the embedded reference student (``models/``, see :mod:`distilrubert.reference`).
-            backend: ``"onnx"`` (ONNX Runtime; exported on the fly into a temporary directory if the
-                directory has no ``model.onnx``), ``"torch"`` (transformers, SDPA attention), or
-                ``"auto"``: ONNX when the directory has an exported graph (or ``quantized=True``) and
-                onnxruntime is installed, else torch.
-            quantized: With the ONNX backend, use the dynamically quantised int8 graph.
+            backend: ``"auto"`` (default): ONNX Runtime when it is installed (and neither ``compile`` nor a
+                non-CPU ``device`` asks for torch), else torch. ``"onnx"``: ONNX Runtime. ``"torch"``:
+                transformers (SDPA attention). A directory without an exported graph is exported once into
+                the ONNX cache (:mod:`distilrubert.onnx_cache`: keyed by the model's content, reused by
+                every later call and process).
+            quantized: ``None`` (default): int8 when the directory has an int8 graph, or for a cached
+                export when int8 kept a mean cosine >= 0.99 to fp32 on the built-in sentences; else fp32.
+                ``True`` / ``False``: int8 / fp32 ONNX. Only ``None`` or ``False`` with torch.
             threads: Intra-op threads (ONNX session option; ``torch.set_num_threads`` for torch, which is
                 process-wide). ``None`` keeps the library default.
             max_length: Texts are truncated to this many tokens (also capped by the model's positions).
@@ -79,8 +84,8 @@ class Encoder:
             trust_remote_code: Passed to transformers; keep ``False`` unless you trust the directory.
 
         Raises:
-            FileNotFoundError: ``model_dir`` or the requested ONNX file is missing.
-            ValueError: an unknown backend.
+            FileNotFoundError: ``model_dir`` is missing.
+            ValueError: an unknown backend, or ``quantized=True`` with torch.
         """
         from transformers import AutoConfig, AutoTokenizer
 
@@ -93,29 +98,30 @@ class Encoder:
             raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json)")
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
+        if backend == "torch" and quantized:
+            raise ValueError("quantized=True needs backend='onnx' (int8 exists only as an ONNX graph)")
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         positions = getattr(config, "max_position_embeddings", max_length) or max_length
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        limit = min(max_length, positions)
         if backend == "auto":
-            # int8 exists only as an ONNX graph: ask for it and it is exported on the fly if missing.
-            wants_onnx = quantized or find_onnx(model_dir, quantized) is not None
-            backend = "onnx" if onnxruntime_available() and wants_onnx else "torch"
-        if backend == "torch":
-            if quantized:
-                raise ValueError("quantized=True needs backend='onnx'")
-            if threads:
-                import torch
+            wants_torch = compile or (device is not None and not str(device).startswith("cpu"))
+            backend = "onnx" if onnxruntime_available() and not wants_torch else "torch"
+        if backend == "onnx":
+            try:
+                path, int8 = _onnx_graph(model_dir, quantized, trust_remote_code)
+            except Exception as err:  # an architecture the exporter cannot take: torch still can
+                if quantized is not None:
+                    raise
+                logger.warning("%s: no ONNX graph (%s: %s); using torch", model_dir, type(err).__name__, err)
+            else:
+                return cls(tokenizer, OnnxRunner(path, threads), "onnx-int8" if int8 else "onnx", limit, model_dir)
+        if threads:
+            import torch
 
-                torch.set_num_threads(threads)
-            runner = TorchRunner(model_dir, device, compile, trust_remote_code, threads)
-            name = "torch-compile" if compile else "torch"
-        else:
-            path = find_onnx(model_dir, quantized)
-            if path is None:
-                path = _export_to_temp(model_dir, quantized)
-            runner = OnnxRunner(path, threads)
-            name = "onnx-int8" if quantized else "onnx"
-        return cls(tokenizer, runner, name, min(max_length, positions), model_dir)
+            torch.set_num_threads(threads)
+        runner = TorchRunner(model_dir, device, compile, trust_remote_code, threads)
+        return cls(tokenizer, runner, "torch-compile" if compile else "torch", limit, model_dir)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (with special tokens), truncated to ``max_length``, unpadded."""
@@ -223,11 +229,24 @@ class Encoder:
         return f"Encoder({str(self.model_dir)!r}, backend={self.backend!r}, max_length={self.max_length})"
 
 
-def _export_to_temp(model_dir: Path, quantized: bool) -> Path:
-    """Export ``model_dir`` to ONNX in a temporary directory (kept for the process's lifetime)."""
-    from distilrubert.export import export_encoder_onnx
+def _onnx_graph(model_dir: Path, quantized: bool | None, trust_remote_code: bool) -> tuple[Path, bool]:
+    """``(graph, is_int8)``: the directory's own exported graph, else the ONNX cache's (exported once).
 
-    tmp = Path(tempfile.mkdtemp(prefix="distilrubert-onnx-"))
-    logger.info("%s has no %s: exporting to %s", model_dir, ONNX_FILE, tmp)
-    paths = export_encoder_onnx(model_dir, tmp, quantize=quantized, task="encoder")
-    return paths["int8"] if quantized else paths["fp32"]
+    With ``quantized=None`` a directory's own int8 graph is taken when its ``parity.json`` (written by
+    ``distilrubert export``) shows it passed, else its fp32 graph.
+    """
+    from distilrubert.onnx_cache import cached_export, int8_passes
+
+    if quantized is None:
+        int8_ok = find_onnx(model_dir, True) is not None and int8_passes(model_dir)
+        own = find_onnx(model_dir, True) if int8_ok else find_onnx(model_dir, False)
+    else:
+        own = find_onnx(model_dir, quantized)
+    if own is not None:
+        return own, own.name == ONNX_INT8_FILE
+
+    cache = cached_export(model_dir, trust_remote_code=trust_remote_code)
+    int8 = int8_passes(cache) if quantized is None else quantized
+    if quantized is None and not int8:
+        logger.info("%s: int8 lost too much against fp32 (parity.json in %s): using fp32", model_dir, cache)
+    return find_onnx(cache, int8), int8

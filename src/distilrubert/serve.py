@@ -59,7 +59,8 @@ class ServeConfig:
     host: str = option("127.0.0.1", "Bind address (loopback by default; expose deliberately).")
     port: int = option(8000, "TCP port.")
     backend: Literal["auto", "torch", "onnx"] = option("auto", "Encoder backend for /embed.")
-    quantized: bool = option(False, "Use the int8 ONNX graph for /embed.")
+    quantized: bool | None = option(None, "int8 ONNX for /embed (--quantized) or fp32 (--no-quantized); default: as "
+                                    "Encoder.from_pretrained decides (int8 when it passes its parity check).")
     threads: int | None = option(None, "Intra-op threads of the model (default: the library's).")
     batching: bool = option(True, "Micro-batch concurrent /embed requests (--no-batching to compare).")
     max_batch_size: int = option(32, "Most texts in one micro-batch.")
