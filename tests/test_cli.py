@@ -66,7 +66,7 @@ def test_unknown_recipe_key_and_missing_option(tmp_path, capsys):
     assert "unknown option 'vocab_sise'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"^2$"):
         main(["build-vocab", "--corpus", "x"])
-    assert "the following arguments are required: --output" in capsys.readouterr().err
+    assert "build-vocab: missing required option(s): --output" in capsys.readouterr().err
 
 
 def test_bad_corpus_is_one_clear_line(tmp_path, capsys):
