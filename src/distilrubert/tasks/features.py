@@ -1,15 +1,17 @@
-"""Model inputs of the token and span tasks: word labels on word pieces, SQuAD features, best answer spans.
+"""Model inputs of the tasks: label checks, word labels on word pieces, SQuAD features, best answer spans.
 
 Used by ``finetune`` (training and evaluation) and :func:`distilrubert.tasks.finetune.answer_questions`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from distilrubert.tasks import readers
 
-__all__ = ["align_labels", "best_spans", "ner_label_list", "qa_eval_features", "qa_train_features"]
+__all__ = ["align_labels", "best_spans", "check_labels", "ner_label_list", "qa_eval_features", "qa_train_features"]
 
 
 def align_labels(word_ids: list[int | None], tags: list[str], label2id: dict[str, int],
@@ -108,3 +110,27 @@ def best_spans(examples: list[readers.QAExample], meta: list[dict], start_logits
                 if window["example"] not in best or score > best[window["example"]][0]:
                     best[window["example"]] = (score, context[offsets[s][0]:offsets[e][1]])
     return {examples[i].id: best.get(i, (0.0, ""))[1] for i in range(len(examples))}
+
+
+def check_labels(train: list[str], evaluation: list[str], config: Any) -> None:
+    """Refuse label sets a classifier cannot learn or be fairly scored on (one line naming the file).
+
+    One class in ``--train`` trains nothing (and scores a perfect F1 on one-class evaluation data); a class
+    that only the evaluation data has can never be predicted, so it would silently count as errors.
+    """
+    counts: dict[str, int] = {}
+    for label in train:
+        counts[label] = counts.get(label, 0) + 1
+    if len(counts) < 2:
+        only = next(iter(counts), None)
+        raise ValueError(f"--train {config.train}: all {len(train)} examples have the label {only!r}; a classifier "
+                         "needs at least two classes")
+    unseen: dict[str, int] = {}
+    for label in evaluation:
+        if label not in counts:
+            unseen[label] = unseen.get(label, 0) + 1
+    if unseen:
+        listed = ", ".join(f"{label!r} ({n} rows)" for label, n in sorted(unseen.items()))
+        where = f"--eval {config.eval}" if config.eval else f"the held-out part of --train {config.train}"
+        raise ValueError(f"{where}: labels never seen in the training examples: {listed}; the model could not "
+                         "predict them (fix the data or drop those rows)")

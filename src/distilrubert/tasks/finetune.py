@@ -40,6 +40,7 @@ from distilrubert.tasks import readers
 from distilrubert.tasks.features import (
     align_labels,
     best_spans,
+    check_labels,
     ner_label_list,
     qa_eval_features,
     qa_train_features,
@@ -404,30 +405,6 @@ def _repair_iob2(tags: list[str]) -> list[str]:
         fixed.append(tag)
         previous = tag
     return fixed
-
-
-def check_labels(train: list[str], evaluation: list[str], config: FinetuneConfig) -> None:
-    """Refuse label sets a classifier cannot learn or be fairly scored on (one line naming the file).
-
-    One class in ``--train`` trains nothing (and scores a perfect F1 on one-class evaluation data); a class
-    that only the evaluation data has can never be predicted, so it would silently count as errors.
-    """
-    counts: dict[str, int] = {}
-    for label in train:
-        counts[label] = counts.get(label, 0) + 1
-    if len(counts) < 2:
-        only = next(iter(counts), None)
-        raise ValueError(f"--train {config.train}: all {len(train)} examples have the label {only!r}; a classifier "
-                         "needs at least two classes")
-    unseen: dict[str, int] = {}
-    for label in evaluation:
-        if label not in counts:
-            unseen[label] = unseen.get(label, 0) + 1
-    if unseen:
-        listed = ", ".join(f"{label!r} ({n} rows)" for label, n in sorted(unseen.items()))
-        where = f"--eval {config.eval}" if config.eval else f"the held-out part of --train {config.train}"
-        raise ValueError(f"{where}: labels never seen in the training examples: {listed}; the model could not "
-                         "predict them (fix the data or drop those rows)")
 
 
 def position_limit(model_or_config) -> int:
