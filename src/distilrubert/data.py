@@ -301,7 +301,6 @@ def build_sequences(corpus_paths: Sequence[str | Path], student_tokenizer: Any, 
         raise ValueError(f"--corpus: {', '.join(map(str, corpus_paths))} produced no usable sequences "
                          f"({report['documents']} documents, {report['dropped_unk']} dropped as mostly [UNK])")
     np.save(tmp / "student_counts.npy", counts)
-    report["student_tokens_total"] = report["student_tokens"]
     (tmp / "meta.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     try:
         os.replace(tmp, final)

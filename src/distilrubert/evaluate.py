@@ -65,7 +65,6 @@ from distilrubert.runinfo import atomic_write_text, run_info, write_json
 
 logger = logging.getLogger(__name__)
 
-SENTENCE_VARIANTS = ("cls", "mean", "cls_norm", "mean_norm")
 TABLE_COLUMNS = ("STS", "PI", "NLI", "SA", "TI", "IA", "IC", "ICX", "NE1", "NE2")
 SENTENCE_TASKS = ("STS", "PI", "NLI", "SA", "TI", "IA", "IC", "ICX")
 # Published encodechka rows (/work/shared/data/README.md, from the encodechka README): their hardware, not ours.
