@@ -4,6 +4,7 @@ chunked bodies, metrics labels stay bounded and escaped, and every edge answers 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -253,3 +254,51 @@ def test_fifty_clients_with_poisoned_requests_on_loopback(tiny_student_dir):
     expected = app.state.encoder.encode([t for t, _ in good], pooling="mean")
     np.testing.assert_allclose(np.array([r.json()["embeddings"][0] for _, r in good]), expected, atol=1e-5)
     assert all("error" in r.json() for text, _, r in results if text is None)
+
+
+def test_a_full_queue_is_refused_at_once_and_the_server_answers_503_with_retry_after(tiny_student_dir):
+    from distilrubert.microbatch import QueueFull
+
+    release = threading.Event()
+
+    def slow(items):
+        release.wait(10)
+        return [x for x in items]
+
+    async def run():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(slow, executor, max_batch=1, max_wait=0.0, max_queue=2)
+            batcher.start()
+            first = asyncio.ensure_future(batcher.submit([1]))  # taken by the worker, which then blocks
+            await asyncio.sleep(0.05)
+            queued = [asyncio.ensure_future(batcher.submit([i])) for i in (2, 3)]
+            await asyncio.sleep(0.05)
+            with pytest.raises(QueueFull, match="2 requests are already waiting"):
+                await batcher.submit([4])
+            release.set()
+            results = await asyncio.gather(first, *queued)
+            await batcher.stop()
+        return results
+
+    assert asyncio.run(run()) == [[1], [2], [3]]
+
+    class Stuck:  # an encoder whose forward pass never ends while the test holds it
+        backend, max_length, tokenizer = "stub", 128, None
+
+        def encode(self, texts, batch_size=32, pooling="mean"):
+            release2.wait(10)
+            return np.zeros((len(texts), 16), dtype=np.float32)
+
+    release2 = threading.Event()
+    config = ServeConfig(model=str(tiny_student_dir), backend="torch", max_queue=1)
+    with TestClient(create_app(tiny_student_dir, config, encoder=Stuck())) as http:
+        pool = ThreadPoolExecutor(4)
+        pending = [pool.submit(http.post, "/embed", json={"texts": [f"t{i}"]}) for i in range(3)]
+        time.sleep(0.5)
+        refused = http.post("/embed", json={"texts": ["over"]})
+        release2.set()
+        answers = [f.result(timeout=30) for f in pending]
+        pool.shutdown()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert sorted(a.status_code for a in answers)[0] == 200

@@ -16,7 +16,11 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "QueueFull"]
+
+
+class QueueFull(RuntimeError):
+    """``submit`` found ``max_queue`` requests already waiting: the caller answers 503 instead of queueing."""
 
 
 class MicroBatcher:
@@ -30,10 +34,11 @@ class MicroBatcher:
     """
 
     def __init__(self, fn, executor: ThreadPoolExecutor, max_batch: int, max_wait: float, on_batch=None,
-                 adaptive: bool = False, adaptive_cap: float = 0.05):
+                 adaptive: bool = False, adaptive_cap: float = 0.05, max_queue: int = 0):
         self.fn, self.executor, self.max_batch, self.max_wait = fn, executor, max_batch, max_wait
         self.on_batch = on_batch
         self.adaptive, self.adaptive_cap = adaptive, adaptive_cap
+        self.max_queue = max_queue  # requests waiting at most (0: unbounded); beyond, submit raises QueueFull
         self.expected = 1  # requests in the previous batch
         self.last_run = 0.0  # seconds the previous forward pass took
         self.queue: asyncio.Queue | None = None
@@ -53,6 +58,9 @@ class MicroBatcher:
     async def submit(self, items: list) -> Any:
         if self.loop is not asyncio.get_running_loop():  # started lazily when run without lifespan events
             self.start()
+        if self.max_queue and self.queue.qsize() >= self.max_queue:
+            # Bounded, so that latency under overload is bounded too: a full queue refuses at once.
+            raise QueueFull(f"{self.queue.qsize()} requests are already waiting (the limit is {self.max_queue})")
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((items, future))
         return await future

@@ -44,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 
 from distilrubert.config import option
-from distilrubert.microbatch import MicroBatcher
+from distilrubert.microbatch import MicroBatcher, QueueFull
 from distilrubert.openai_api import API_KEY_ENV, ApiKeyAuth, add_openai_routes
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class ServeConfig:
     adaptive_wait: bool = option(True, "Expect as many requests as the previous micro-batch held: wait for them for "
                                  "at most the previous forward pass's duration (--no-adaptive-wait: greedy).")
     max_texts: int = option(64, "Most texts in one request (413 beyond).")
+    max_queue: int = option(256, "Most requests waiting for a micro-batch; beyond, 503 with Retry-After (0: no limit).")
     max_chars: int = option(2000, "Most characters in one text (413 beyond).")
     max_length: int = option(128, "Texts are truncated to this many tokens.")
     trust_remote_code: bool = option(False, "Allow custom model code from the model directory.")
@@ -95,6 +96,8 @@ class ServeConfig:
                              f"(max_position_embeddings in {Path(self.model) / 'config.json'})")
         if self.max_wait_ms < 0:
             raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
+        if self.max_queue < 0:
+            raise ValueError(f"--max-queue must be >= 0, got {self.max_queue}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.api_key is None:
@@ -137,9 +140,11 @@ def _width(model_dir: Path) -> int | None:
 class ApiError(Exception):
     """An error answered with ``status`` and ``{"error": {"code", "message"}}``."""
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.param = status, code, message, param
+        self.headers = headers or {}
 
 
 @dataclass
@@ -348,7 +353,15 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
         return fn
 
     batchers = {p: MicroBatcher(embed_rows(p), executor, config.max_batch_size, config.max_wait_ms / 1000,
-                                on_batch=metrics.batch, adaptive=config.adaptive_wait) for p in ("cls", "mean")}
+                                on_batch=metrics.batch, adaptive=config.adaptive_wait, max_queue=config.max_queue)
+                for p in ("cls", "mean")}
+
+    async def batched(pooling: str, texts: list[str]) -> np.ndarray:
+        try:
+            return await batchers[pooling].submit(texts)
+        except QueueFull as err:
+            raise ApiError(503, "overloaded", f"the server is overloaded ({err}); retry shortly",
+                           headers={"Retry-After": "1"}) from None
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -397,7 +410,9 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
-        return error_response(err.status, err.code, err.message, err.param)
+        response = error_response(err.status, err.code, err.message, err.param)
+        response.headers.update(err.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError):
@@ -429,7 +444,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
     async def embed(body: EmbedRequest):
         check_texts(body.texts)
         if config.batching:
-            vectors = await batchers[body.pooling].submit(body.texts)
+            vectors = await batched(body.pooling, body.texts)
         else:
             vectors = await asyncio.get_running_loop().run_in_executor(
                 executor, embed_rows(body.pooling), body.texts)
@@ -451,7 +466,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, encoder
         @staticmethod
         async def embed(texts: list[str]) -> np.ndarray:
             if config.batching:
-                return await batchers["mean"].submit(texts)
+                return await batched("mean", texts)
             return await asyncio.get_running_loop().run_in_executor(executor, embed_rows("mean"), texts)
 
         @staticmethod
