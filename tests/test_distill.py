@@ -320,3 +320,30 @@ def test_a_truncated_student_or_a_foreign_vocabulary_is_one_line_before_any_work
     model.save_pretrained(str(other))
     with pytest.raises(ValueError, match=r"has 290 embedding rows but its tokenizer 300 tokens"):
         load_student(str(other))
+
+
+def test_report_to_logs_through_accelerate_trackers(tmp_path, models, tiny_corpus, monkeypatch, capsys):
+    """TensorBoard event files and a real MLflow file store (no server), next to metrics.jsonl."""
+    pytest.importorskip("tensorboardX")
+    mlflow = pytest.importorskip("mlflow")
+    store = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 prefers a database; the file store is real
+    out = tmp_path / "tracked"
+    assert main(_args(models, tiny_corpus, out, tmp_path / "cache", "--max-steps", "4", "--log-every", "2",
+                      "--eval-every", "2", "--report-to", "tensorboard,mlflow")) == 0
+    events = list((out / "trackers").rglob("events.out.tfevents.*"))
+    assert events, sorted(p.relative_to(out) for p in out.rglob("*"))
+    run = mlflow.search_runs(experiment_names=["distilrubert"], output_format="list")[0]
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == [2, 4]
+    assert run.data.params["lr"] == "0.003"
+    train, _ = _metrics(out)
+    assert [r["step"] for r in train] == [2, 4]  # metrics.jsonl is always written
+    capsys.readouterr()
+    assert main(_args(models, tiny_corpus, tmp_path / "x", tmp_path / "cache", "--report-to", "nosuchtracker")) == 1
+    assert "--report-to: Unsupported logging capability: nosuchtracker" in capsys.readouterr().err
+    monkeypatch.setattr("accelerate.tracking.is_wandb_available", lambda: False)
+    assert main(_args(models, tiny_corpus, tmp_path / "y", tmp_path / "cache", "--report-to", "wandb")) == 1
+    assert "--report-to: wandb is not installed or not an accelerate tracker" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -43,7 +43,8 @@ _KNOWN = re.compile(r"^(model\.safetensors|optimizer\.(safetensors|json)|schedul
                     r"trainer_state\.json|settings\.json|manifest\.json|rng_state_\d+\.(json|safetensors))$")
 # Options that steer a run without defining what it trains (a resumed run may change them freely).
 RUN_CONTROL = frozenset({"max_steps", "eval_every", "save_every", "log_every", "progress", "resume", "overwrite",
-                         "force_resume", "output", "keep_checkpoints", "tensorboard", "cache_dir", "fused_kl"})
+                         "force_resume", "output", "keep_checkpoints", "tensorboard", "report_to", "cache_dir",
+                         "fused_kl"})
 
 
 class CorruptCheckpointError(ValueError):

@@ -133,10 +133,16 @@ class TrainOptions:
     force_resume: bool = option(False, "Resume even when the checkpoint was written with other settings (corpus, "
                                 "lr, seed, ...); the differences are recorded in run.json.")
     overwrite: bool = option(False, "Replace an existing --output directory.")
-    tensorboard: bool = option(True, "Also log to OUTPUT/tensorboard when tensorboard is installed.")
+    tensorboard: bool = option(True, "Also log to TensorBoard when it is installed (an accelerate tracker, as "
+                               "--report-to tensorboard; --no-tensorboard: not unless --report-to names it).")
+    report_to: list[str] = option(
+        [], "Trackers, through accelerate's log_with: tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, "
+        "swanlab, trackio (space or comma separated); their files go under OUTPUT/trackers unless the tracker is "
+        "pointed elsewhere (e.g. MLFLOW_TRACKING_URI). metrics.jsonl is always written.", metavar="TRACKER")
     progress: bool = option(True, "Show progress bars.")
 
     def __post_init__(self) -> None:
+        self.report_to = [name.strip() for item in self.report_to for name in item.split(",") if name.strip()]
         if not self.corpus:
             raise ValueError("--corpus: give at least one corpus file or directory")
         checks = [
@@ -266,13 +272,47 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
+def trackers(options: TrainOptions) -> list[str]:
+    """The accelerate trackers of the run: ``--report-to``, plus TensorBoard when ``--tensorboard`` and installed."""
+    from accelerate.utils import is_tensorboard_available
+
+    names = list(dict.fromkeys(options.report_to))
+    if options.tensorboard and "tensorboard" not in names and is_tensorboard_available():
+        names.append("tensorboard")
+    return names
+
+
 def make_accelerator(options: TrainOptions) -> Any:
     """The run's ``Accelerator``: GPU when present, else CPU (so ``accelerate launch --multi_gpu
-    --num_processes N`` on a machine without GPUs runs N CPU processes over gloo)."""
+    --num_processes N`` on a machine without GPUs runs N CPU processes over gloo), with the run's trackers.
+
+    Raises:
+        ValueError: a ``--report-to`` tracker accelerate does not know or that is not installed (accelerate
+            itself would only warn and log nothing).
+    """
+    import warnings
+
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
-    return Accelerator(mixed_precision=_mixed_precision(options.mixed_precision), cpu=not torch.cuda.is_available())
+    names = trackers(options)
+    output = Path(options.output)
+    project = ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "trackers"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # accelerate warns of trackers it drops: refused below instead
+        try:
+            accelerator = Accelerator(mixed_precision=_mixed_precision(options.mixed_precision),
+                                      cpu=not torch.cuda.is_available(), log_with=names or None,
+                                      project_config=project)
+        except ValueError as err:  # an unknown tracker name
+            raise ValueError(f"--report-to: {err}") from None
+    active = {str(getattr(t, "value", t)) for t in accelerator.log_with}
+    missing = [n for n in names if n not in active]
+    if missing:
+        raise ValueError(f"--report-to: {', '.join(missing)} is not installed or not an accelerate tracker "
+                         f"(install it, e.g. `pip install {missing[0].replace('_', '-')}`)")
+    return accelerator
 
 
 def to_device(batch: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
@@ -291,12 +331,19 @@ def weights_digest(module: Any) -> str:
 
 
 class _Metrics:
-    """``metrics.jsonl`` (appended line by line) and optional TensorBoard, on the main process."""
+    """``metrics.jsonl`` (appended line by line, main process) and the accelerator's trackers (``--report-to``)."""
 
-    def __init__(self, output: Path, enabled: bool, resume_step: int | None, tensorboard: bool) -> None:
+    def __init__(self, output: Path, enabled: bool, resume_step: int | None, accelerator: Any,
+                 config: dict[str, Any]) -> None:
         self.enabled = enabled
         self.path = output / "metrics.jsonl"
-        self.writer = None
+        self.accelerator = accelerator
+        self.tracking = bool(accelerator.log_with)
+        if self.tracking:
+            # Trackers take flat scalars and strings: lists (the corpus paths) as text.
+            flat = {k: v if isinstance(v, int | float | str | bool) or v is None else json.dumps(v, default=str)
+                    for k, v in config.items()}
+            accelerator.init_trackers("distilrubert", config=flat)
         if not enabled:
             return
         output.mkdir(parents=True, exist_ok=True)
@@ -307,28 +354,24 @@ class _Metrics:
             self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         elif self.path.exists():
             self.path.unlink()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(output / "tensorboard"))
-            except ImportError:
-                logger.info("tensorboard is not installed; metrics go to metrics.jsonl only")
+        if not self.tracking:
+            logger.info("no tracker (--report-to; tensorboard is not installed): metrics go to metrics.jsonl only")
 
     def log(self, record: dict[str, Any]) -> None:
+        if self.tracking:  # accelerate logs on the main process only
+            prefix = record.get("split", "train")
+            values = {f"{prefix}/{k}": v for k, v in record.items()
+                      if isinstance(v, int | float) and k not in ("step", "epoch", "split")}
+            self.accelerator.log(values, step=int(record["step"]))
         if not self.enabled:
             return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        if self.writer is not None:
-            prefix = record.get("split", "train")
-            for key, value in record.items():
-                if isinstance(value, int | float) and key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.tracking:
+            self.accelerator.end_training()
+            self.tracking = False
 
 
 def _monitored(figures: dict[str, float]) -> float:
@@ -383,7 +426,10 @@ def train(options: TrainOptions, task: TrainTask, store: Any, collator: Any, acc
                            ckpt.describe_differences(differences))
             state["forced_resumes"] = [*state["forced_resumes"], {"step": state["step"], "from": str(resume_from),
                                                                   "differences": differences}]
-    metrics = _Metrics(output, main, state["step"] if resume_from is not None else None, options.tensorboard)
+    from distilrubert.config import to_dict
+
+    metrics = _Metrics(output, main, state["step"] if resume_from is not None else None, accelerator,
+                       to_dict(options))
 
     train_idx, valid_idx = split_train_valid(len(store), options.valid_fraction, options.max_valid_sequences)
     lengths = store.lengths()
