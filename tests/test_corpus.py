@@ -65,9 +65,9 @@ def test_missing_paths_and_columns(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(CorpusError, match=r"x.csv:1: no column 'text'"):
         list(Corpus([tmp_path / "x.csv"]))
-    (tmp_path / "x.parquet").write_text("", encoding="utf-8")
+    (tmp_path / "x.xlsx").write_text("", encoding="utf-8")
     with pytest.raises(CorpusError, match="unknown file type"):
-        Corpus([tmp_path / "x.parquet"]).files()
+        Corpus([tmp_path / "x.xlsx"]).files()
     (tmp_path / "empty").mkdir()
     with pytest.raises(CorpusError, match="holds no"):
         Corpus([tmp_path / "empty"]).files()
@@ -171,3 +171,43 @@ def test_a_truncated_gzip_names_the_line_and_skip_keeps_what_was_read(tmp_path):
     texts = list(corpus)
     assert 0 < len(texts) < 3000 and texts[0] == "строка 0"
     assert corpus.skipped == {str(path): 1} and "cannot read after line" in corpus.first_errors[0]
+
+
+def test_parquet_and_arrow_files_and_directories_are_read_with_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {"text": ["Привет!", "  Как дела? ", None, "Пока."], "id": [1, 2, 3, 4]}
+    table = datasets.Dataset.from_dict(rows)
+    (tmp_path / "d").mkdir()
+    table.to_parquet(str(tmp_path / "d" / "part-0.parquet"))
+    arrow = tmp_path / "d" / "part-1.arrow"
+    import pyarrow as pa
+
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.data.table.schema) as writer:
+        writer.write_table(table.data.table)
+    corpus = Corpus([tmp_path / "d"])
+    assert list(corpus) == ["Привет!", "Как дела?", "Пока."] * 2
+    assert corpus.key()[0][0].endswith("part-0.parquet") and "2 file(s)" in corpus.report()
+    # --text-field and the bad-row rules hold for tables too.
+    other = datasets.Dataset.from_dict({"body": ["раз", "два"], "n": [1, 2]})
+    other.to_parquet(str(tmp_path / "o.parquet"))
+    assert list(Corpus([tmp_path / "o.parquet"], text_field="body")) == ["раз", "два"]
+    with pytest.raises(CorpusError, match=r"o\.parquet:1: field 'n' is int, not a string"):
+        list(Corpus([tmp_path / "o.parquet"], text_field="n"))
+    skipping = Corpus([tmp_path / "o.parquet"], text_field="n", on_error="skip")
+    assert list(skipping) == [] and skipping.skipped == {str(tmp_path / "o.parquet"): 2}
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(CorpusError, match=r"bad\.parquet: cannot read as parquet"):
+        list(Corpus([tmp_path / "bad.parquet"]))
+
+
+def test_a_hub_dataset_offline_is_one_clear_line(monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    corpus = Corpus(["hf:someone/russian-dialogues:default:validation"])
+    assert corpus.key() == [["hf", "someone/russian-dialogues", "default", "validation"]]
+    with pytest.raises(CorpusError, match=r"--corpus hf:someone/russian-dialogues:default:validation: cannot load "
+                                          r"it from the Hub"):
+        list(corpus)
+    with pytest.raises(CorpusError, match=r"--corpus hf:: expected hf:NAME\[:CONFIG\]\[:SPLIT\]"):
+        Corpus(["hf:"])

@@ -29,8 +29,9 @@ import sys
 import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ __all__ = ["DEFAULT_TEXT_FIELDS", "SUFFIXES", "Corpus", "CorpusError", "iter_doc
 DEFAULT_TEXT_FIELDS = ("text", "sentence")
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
 """Recognised corpus file suffixes (each also with ``.gz``). ``.json`` is read as JSON lines."""
+TABLE_SUFFIXES = (".parquet", ".arrow")
+"""Columnar files, read (streamed) with the ``datasets`` library; not gzipped."""
+HUB_PREFIX = "hf:"
+"""``hf:NAME[:CONFIG][:SPLIT]`` names a Hugging Face Hub dataset (streamed with ``datasets``)."""
 
 # CSV fields of long documents exceed the csv module's default 128 KiB limit.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -56,6 +61,8 @@ def _kind(path: Path) -> str | None:
         suffixes = suffixes[:-1]
     if not suffixes:
         return None
+    if suffixes[-1] in TABLE_SUFFIXES and path.suffix.lower() != ".gz":
+        return suffixes[-1][1:]
     return {".txt": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}.get(suffixes[-1])
 
 
@@ -111,9 +118,11 @@ class Corpus:
                  on_error: Literal["raise", "skip"] = "raise", normalize: str | None = "NFC") -> None:
         if isinstance(paths, str | Path):
             paths = [paths]
-        self.paths = [Path(p) for p in paths]
-        if not self.paths:
+        paths = list(paths)
+        if not paths:
             raise CorpusError("--corpus: no corpus path given")
+        self.hub = [HubDataset.parse(str(p)) for p in paths if str(p).startswith(HUB_PREFIX)]
+        self.paths = [Path(p) for p in paths if not str(p).startswith(HUB_PREFIX)]
         if on_error not in ("raise", "skip"):
             raise ValueError(f"--on-error must be 'raise' or 'skip', got {on_error!r}")
         self.text_fields = _parse_fields(text_field)
@@ -137,13 +146,15 @@ class Corpus:
                     found = sorted(p for p in path.rglob("*") if p.is_file() and _kind(p) is not None
                                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
                     if not found:
-                        raise CorpusError(f"--corpus: directory {path} holds no {'/'.join(SUFFIXES)} files "
-                                          "(optionally .gz)")
+                        kinds = "/".join(SUFFIXES + TABLE_SUFFIXES)
+                        raise CorpusError(f"--corpus: directory {path} holds no {kinds} files (text ones optionally "
+                                          ".gz)")
                     files += found
                 elif path.is_file():
                     if _kind(path) is None:
                         raise CorpusError(f"--corpus: {path}: unknown file type; expected one of "
-                                          f"{', '.join(SUFFIXES)} (optionally .gz)")
+                                          f"{', '.join(SUFFIXES)} (optionally .gz), {', '.join(TABLE_SUFFIXES)}, or "
+                                          f"a Hub dataset as {HUB_PREFIX}NAME[:CONFIG][:SPLIT]")
                     files.append(path)
                 else:
                     raise CorpusError(f"--corpus: {path} does not exist")
@@ -153,11 +164,19 @@ class Corpus:
     def __iter__(self) -> Iterator[str]:
         for path in self.files():
             yield from self._read_file(path)
+        for spec in self.hub:
+            yield from self._read_records(spec.label, spec.rows(), "row")
+
+    def key(self) -> list[Any]:
+        """What the corpus's caches depend on: each file's path, size and time; each Hub dataset's name."""
+        files = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in self.files()]
+        return files + [["hf", spec.name, spec.config, spec.split] for spec in self.hub]
 
     def report(self) -> str:
         """One line on what was read and skipped."""
         files = self.files()
-        msg = f"corpus: {len(files)} file(s), {self.documents_read:,} documents read"
+        hub = f" and {len(self.hub)} Hub dataset(s)" if self.hub else ""
+        msg = f"corpus: {len(files)} file(s){hub}, {self.documents_read:,} documents read"
         if self.skipped:
             total = sum(self.skipped.values())
             per_file = ", ".join(f"{name}: {n}" for name, n in self.skipped.items())
@@ -225,6 +244,9 @@ class Corpus:
         if kind == "csv":
             yield from self._read_csv(path)
             return
+        if kind in ("parquet", "arrow"):
+            yield from self._read_records(path, _table_rows(path, kind), "row")
+            return
         for number, line in self._lines(path):
             if line is None:
                 self._bad(path, number, "invalid UTF-8")
@@ -243,20 +265,37 @@ class Corpus:
                 if not isinstance(record, dict):
                     self._bad(path, number, f"expected a JSON object, got {type(record).__name__}")
                     continue
-                text = self._field(record, path, number)
+                text = self._record_text(record, path, number)
                 if text is None:
                     continue
-                if not text.isascii():
-                    # A JSON \ud800 escape decodes to a lone surrogate, which no tokenizer takes (and UTF-8
-                    # cannot hold); bytes read as UTF-8 never give one, so only this branch needs the check.
-                    try:
-                        text.encode("utf-8")
-                    except UnicodeEncodeError as err:
-                        self._bad(path, number, f"not valid Unicode: a lone surrogate (U+{ord(text[err.start]):04X})"
-                                                f" at character {err.start}")
-                        continue
             else:
                 text = line
+            text = self._clean(text)
+            if text:
+                self.documents_read += 1
+                yield text
+
+    def _record_text(self, record: dict, path: Path | str, number: int) -> str | None:
+        """The text field of one record, or ``None`` (reported) when it has none or it is not valid Unicode."""
+        text = self._field(record, path, number)
+        if text is None or text.isascii():
+            return text
+        # A JSON \ud800 escape decodes to a lone surrogate, which no tokenizer takes (and UTF-8 cannot hold);
+        # bytes read as UTF-8 never give one, so only record-based sources need the check.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            self._bad(path, number, f"not valid Unicode: a lone surrogate (U+{ord(text[err.start]):04X}) at "
+                                    f"character {err.start}")
+            return None
+        return text
+
+    def _read_records(self, source: Path | str, rows: Iterator[dict], unit: str) -> Iterator[str]:
+        """Texts of a table or Hub dataset's rows (errors name the source and the row number)."""
+        for number, record in enumerate(rows, start=1):
+            text = self._record_text(record, source, number)
+            if text is None:
+                continue
             text = self._clean(text)
             if text:
                 self.documents_read += 1
@@ -310,3 +349,54 @@ def iter_documents(paths: Iterable[str | Path], text_field: str | None = None,
     """Stream the documents of ``paths`` (see :class:`Corpus`)."""
     yield from Corpus(paths, text_field=text_field, on_error=on_error)
 
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError as err:
+        raise CorpusError("--corpus: Parquet / Arrow files and hf: datasets are read with the `datasets` library: "
+                          "pip install datasets (or the project's datasets extra)") from err
+    return datasets
+
+
+def _table_rows(path: Path, kind: str) -> Iterator[dict]:
+    """The rows of a Parquet / Arrow file, streamed (never loaded whole)."""
+    datasets = _datasets()
+    try:
+        stream = datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True)
+        yield from stream
+    except CorpusError:
+        raise
+    except Exception as err:  # the readers raise many kinds (ArrowInvalid, OSError, ...): one line naming the file
+        raise CorpusError(f"{path}: cannot read as {kind}: {type(err).__name__}: {err}") from err
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """``hf:NAME[:CONFIG][:SPLIT]``: a dataset on the Hugging Face Hub (split ``train`` by default)."""
+
+    name: str
+    config: str | None = None
+    split: str = "train"
+
+    @classmethod
+    def parse(cls, spec: str) -> HubDataset:
+        parts = spec[len(HUB_PREFIX):].split(":")
+        if not parts[0] or len(parts) > 3 or any(not p for p in parts[1:]):
+            raise CorpusError(f"--corpus {spec}: expected hf:NAME[:CONFIG][:SPLIT]")
+        return cls(parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else "train")
+
+    @property
+    def label(self) -> str:
+        return HUB_PREFIX + ":".join(p for p in (self.name, self.config, self.split) if p)
+
+    def rows(self) -> Iterator[dict]:
+        datasets = _datasets()
+        try:
+            stream = datasets.load_dataset(self.name, self.config, split=self.split, streaming=True)
+            yield from stream
+        except CorpusError:
+            raise
+        except Exception as err:  # offline, unknown name, no such split ...: one line
+            raise CorpusError(f"--corpus {self.label}: cannot load it from the Hub ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'no message'})") from err

@@ -54,10 +54,6 @@ def _vocab_digest(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def _corpus_key(files: Sequence[Path]) -> list[Any]:
-    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-
-
 @dataclass
 class SequenceStore:
     """Pre-tokenised sequences on disk (memory-mapped), ``[CLS] ... [SEP]`` included.
@@ -204,8 +200,7 @@ def build_sequences(corpus_paths: Sequence[str | Path], student_tokenizer: Any, 
     from distilrubert.corpus import Corpus
 
     corpus = Corpus(corpus_paths, text_field=text_field)
-    files = corpus.files()
-    key_data = {"version": CACHE_VERSION, "corpus": _corpus_key(files), "text_field": text_field,
+    key_data = {"version": CACHE_VERSION, "corpus": corpus.key(), "text_field": text_field,
                 "student": _vocab_digest(student_tokenizer), "max_length": max_length,
                 "teacher": _vocab_digest(teacher_tokenizer) if teacher_tokenizer is not None else None,
                 "max_unk_fraction": max_unk_fraction}

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from distilrubert.data import _corpus_key, _vocab_digest, default_cache_root
+from distilrubert.data import _vocab_digest, default_cache_root
 from distilrubert.runinfo import sweep_stale_partials
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def build_text_units(corpus_paths: Sequence[str | Path], student_tokenizer: Any,
         if getattr(tok, "backend_tokenizer", None) is None:
             raise ValueError(f"--{name}: whole-text units need a fast (Rust) tokenizer with character offsets")
     corpus = Corpus(corpus_paths, text_field=text_field, on_error=on_error)
-    key_data = {"version": CACHE_VERSION, "kind": "text-units", "corpus": _corpus_key(corpus.files()),
+    key_data = {"version": CACHE_VERSION, "kind": "text-units", "corpus": corpus.key(),
                 "text_field": text_field, "student": _vocab_digest(student_tokenizer),
                 "teacher": _vocab_digest(teacher_tokenizer), "max_length": max_length,
                 "teacher_max_length": teacher_max_length, "prefix": prefix, "span": span,
