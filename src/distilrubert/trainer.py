@@ -370,7 +370,10 @@ class _Metrics:
 
     def close(self) -> None:
         if self.tracking:
-            self.accelerator.end_training()
+            # Not accelerator.end_training(): it also destroys the process group, which the rest of the run
+            # (gathering the weight digests, the final save) still needs.
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
             self.tracking = False
 
 
