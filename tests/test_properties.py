@@ -67,7 +67,8 @@ def client(tiny_student_dir):
         yield test_client
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+FINITE = st.floats(allow_nan=False, allow_infinity=False)  # JSON has no NaN or infinity
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | FINITE | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
                                                                                   max_size=5), max_leaves=12)
 FIELDS = {"/embed": ("texts", "pooling", "normalize"),
